@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from .errors import EXIT_USAGE, HydraError
+from .errors import HydraError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn mixed GPU and CPU machines into one OpenAI-compatible llama.cpp endpoint.")
@@ -169,22 +169,13 @@ def generate(model: Optional[str] = _MODEL,
 
 
 def cli() -> None:
+    # Typer's standalone mode prints usage errors itself (exit 2); our own error
+    # family is caught here, once, and printed as one line.
     try:
-        app(standalone_mode=False)
+        app()
     except HydraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
-        raise
-    except SystemExit:
-        raise
 
 
 if __name__ == "__main__":

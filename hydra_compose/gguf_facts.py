@@ -57,6 +57,25 @@ class HeaderReader(gguf.GGUFReader):
         return super()._get_field_parts(orig_offs, raw_type)
 
 
+    def _build_tensors(self, start_offs, fields):  # noqa: ANN001, ANN202 - gguf's signature
+        # Check sizes before gguf reshapes views of the data: a cut-off download
+        # must read as "truncated", not as a numpy error.
+        end = start_offs
+        for field in fields:
+            _, _, _, dims, raw_dtype, offset = field.parts
+            block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(raw_dtype[0])]
+            end = max(end, start_offs + int(offset[0]) + int(np.prod(dims)) * size // block)
+        if end > len(self.data):
+            raise TruncatedError(len(self.data), end)
+        super()._build_tensors(start_offs, fields)
+
+
+class TruncatedError(Exception):
+    def __init__(self, have: int, need: int) -> None:
+        super().__init__(f"{have} of {need} bytes")
+        self.have, self.need = have, need
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     name: str  # the file name users refer to (first part for split models)
@@ -124,6 +143,9 @@ def part_paths(path: Path) -> tuple[Path, ...]:
 def _open(path: Path) -> HeaderReader:
     try:
         reader = HeaderReader(path)
+    except TruncatedError as exc:
+        raise ModelError(f"{path.name} is truncated ({exc.have} of {exc.need} bytes)",
+                         "the download did not finish: fetch the file again") from None
     except FileNotFoundError:
         raise ModelError(f"model file {path} not found", f"put the GGUF into {path.parent}/") from None
     except (ValueError, IndexError, KeyError, OverflowError, struct.error, TypeError) as exc:
@@ -132,10 +154,6 @@ def _open(path: Path) -> HeaderReader:
                          "re-download it or convert it with llama.cpp's convert_hf_to_gguf.py") from None
     except OSError as exc:
         raise ModelError(f"{path.name} cannot be read: {exc.strerror}", "check the file and its permissions") from None
-    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=reader.data_offset)
-    if end > len(reader.data):
-        raise ModelError(f"{path.name} is truncated ({len(reader.data)} of {end} bytes)",
-                         "the download did not finish: fetch the file again")
     return reader
 
 
