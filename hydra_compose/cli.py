@@ -24,7 +24,8 @@ _state: dict[str, Optional[Path]] = {"config": None}
 def _console():  # noqa: ANN202
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    # piped output (scripts, logs) gets whole rows instead of 80-column ellipses
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _project():  # noqa: ANN202
