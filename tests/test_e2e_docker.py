@@ -51,7 +51,9 @@ def check_master(url: str, model: str) -> None:
     client = OpenAI(base_url=f"{url}/v1", api_key="unused")
     reply = client.chat.completions.create(
         model=model, max_tokens=24, temperature=0,
-        messages=[{"role": "user", "content": "What is the capital of France?"}])
+        # SmolLM2's template wants a system turn; without one this 135M model rambles in French
+        messages=[{"role": "system", "content": "You are a helpful assistant."},
+                  {"role": "user", "content": "What is the capital of France?"}])
     text = reply.choices[0].message.content
     assert text and "paris" in text.lower(), text
     chunks = list(client.chat.completions.create(
