@@ -169,6 +169,97 @@ def generate(model: Optional[str] = _MODEL,
             "(workers' hosts first)")
 
 
+bench_app = typer.Typer(help="Long-generation benchmarks and power-limit sweeps.", invoke_without_command=True)
+app.add_typer(bench_app, name="bench")
+
+_URL = typer.Option(None, "--url", help="OpenAI-compatible base URL (default: the master of cluster.yaml).")
+_BMODEL = typer.Option(None, "--model", help="Model name the server answers to (default: the default model).")
+_RUNS = typer.Option(3, "--runs", min=1, help="Runs (per stream with --concurrency).")
+_MAXT = typer.Option(2048, "--max-tokens", min=2, help="Tokens generated per run (forced to full length).")
+_PTOK = typer.Option(128, "--prompt-tokens", min=1, help="Approximate prompt length in tokens.")
+_CONC = typer.Option(1, "--concurrency", min=1, help="Parallel streams (for --parallel slots).")
+
+
+def _optional_project():  # noqa: ANN202
+    from .config import config_path
+
+    return _project() if config_path(_state["config"]).exists() else None
+
+
+def _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency):  # noqa: ANN001, ANN202
+    from .commands import bench as cmd
+
+    project = _optional_project() if url is None or model is None else None
+    return cmd.options(project, url, model, runs=runs, max_tokens=max_tokens, prompt_tokens=prompt_tokens,
+                       concurrency=concurrency)
+
+
+@bench_app.callback()
+def bench(ctx: typer.Context, url: Optional[str] = _URL, model: Optional[str] = _BMODEL, runs: int = _RUNS,
+          max_tokens: int = _MAXT, prompt_tokens: int = _PTOK, concurrency: int = _CONC,
+          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (versioned)."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Write bench.json and bench.csv here.")) -> None:
+    """Stream long generations and report TTFT, decode and prompt tok/s (client and server)."""
+    if ctx.invoked_subcommand:
+        return
+    from rich.progress import Progress
+
+    from .benchmark import run_benchmark
+    from .commands import bench as cmd
+
+    opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency)
+    total = runs * concurrency
+    with Progress(transient=True, disable=as_json) as progress:
+        task = progress.add_task(f"{opts.model} @ {opts.url}", total=total)
+        result = run_benchmark(opts, lambda n: progress.advance(task, n))
+    if out:
+        cmd.write_bench(result, out)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("run", "stream", "TTFT s", "decode tok/s (client)", "decode tok/s (server)", "prompt tok/s", "tokens")
+    for i, r in enumerate(result.runs, 1):
+        table.add_row(str(i), str(r.stream), f"{r.ttft_s:.3f}", f"{r.tg_tokens_per_s:.2f}",
+                      f"{r.server_tg_tokens_per_s:.2f}" if r.server_tg_tokens_per_s else "-",
+                      f"{r.pp_tokens_per_s:.1f}" if r.pp_tokens_per_s else "-", str(r.completion_tokens))
+    o = _console()
+    o.print(table)
+    summary = result.summary()
+    tg = summary["tg_tokens_per_s"]
+    o.print(f"decode tok/s median {tg['median']} (min {tg['min']}, max {tg['max']}); errors {result.errors}"
+            + (f"; aggregate {summary['aggregate_tokens_per_s']} tok/s" if "aggregate_tokens_per_s" in summary else ""))
+
+
+@bench_app.command("power-sweep")
+def power_sweep(gpu: list[str] = typer.Option(..., "--gpu", help="HOST:INDEX (a cluster.yaml host or local); repeatable."),
+                limits: str = typer.Option(..., "--limits", help="Comma-separated watts, e.g. 160,190,225."),
+                out: Path = typer.Option(..., "--out", help="Directory for CSV, JSON, Markdown and PNG plots."),
+                settle: float = typer.Option(3.0, "--settle", min=0, help="Seconds to wait after setting a limit."),
+                url: Optional[str] = _URL, model: Optional[str] = _BMODEL, runs: int = _RUNS,
+                max_tokens: int = _MAXT, prompt_tokens: int = _PTOK, concurrency: int = _CONC) -> None:
+    """Benchmark at each power limit; the original limits are always restored."""
+    from .commands import bench as cmd
+    from .errors import UsageError
+
+    try:
+        watts = [float(x) for x in limits.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--limits {limits} is not a list of watts", "write it like 160,190,225") from None
+    opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency)
+    gpus = cmd.gpus_for(_optional_project(), gpu)
+    o = _console()
+    try:
+        rows = cmd.power_sweep(gpus, watts, opts, settle, on_step=lambda msg: o.print(msg))
+    except KeyboardInterrupt:
+        print("error: interrupted — the original power limits were restored", file=sys.stderr)
+        raise typer.Exit(130) from None
+    for path in cmd.write_sweep(rows, out):
+        o.print(f"wrote {path}")
+    o.print((out / "sweep.md").read_text())
+
+
 def cli() -> None:
     # Typer's standalone mode prints usage errors itself (exit 2); our own error
     # family is caught here, once, and printed as one line.

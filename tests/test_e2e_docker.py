@@ -65,6 +65,20 @@ def check_master(url: str, model: str) -> None:
     assert metrics.status_code == 200 and "llamacpp:" in metrics.text
 
 
+def check_bench_agrees_with_server(proj: Path) -> None:
+    """`hydra-compose bench` (URL and model from cluster.yaml) vs llama-server's own timings: within 3 %."""
+    r = run_cli("bench", "--runs", "2", "--max-tokens", "512", "--json", cwd=proj)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["model"] == "smollm2" and data["url"] == "http://127.0.0.1:8080"
+    for run in data["runs"]:
+        assert run["completion_tokens"] == 512
+        ratio = run["tg_tokens_per_s"] / run["server_tg_tokens_per_s"]
+        print(f"bench: client {run['tg_tokens_per_s']:.1f} tok/s, server {run['server_tg_tokens_per_s']:.1f}, "
+              f"ratio {ratio:.3f}")
+        assert abs(ratio - 1) <= 0.03, run
+
+
 def check_log_against_plan(log_text: str, plan: dict) -> None:
     log = parse_server_log(log_text)
     assert set(log.devices) == {d["endpoint"] for d in plan["devices"]}, log.devices.keys()
@@ -87,6 +101,7 @@ def test_cpu_cluster_from_generated_files(cpu_project):
         compose(compose_file, "up", "-d", "--build", "--wait", "--wait-timeout", "600",
                 env={"LLAMA_ARG_LOG_VERBOSITY": "99"})
         check_master("http://127.0.0.1:8080", "smollm2")
+        check_bench_agrees_with_server(proj)
         logs = compose(compose_file, "logs", "--no-color", "--no-log-prefix", "llama-server")
         check_log_against_plan(logs, plan)
         labels = subprocess.run(["docker", "image", "inspect", "-f",

@@ -1,0 +1,155 @@
+"""Long-generation benchmark against an OpenAI-compatible llama-server.
+
+Each run streams one chat completion forced to full length (llama-server's
+`ignore_eos`) and times it on the client: TTFT, and decode tok/s = tokens after
+the first / time from the first to the last token — the same quantity llama-server
+reports as `predicted_per_second`, so the two can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import httpx
+
+from .errors import HydraError
+
+FILLER = "The quick brown fox jumps over the lazy dog while the river keeps flowing to the sea. "
+
+
+class BenchError(HydraError):
+    """The endpoint did not answer as a benchmark needs."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    url: str
+    model: str
+    runs: int = 3
+    max_tokens: int = 2048
+    prompt_tokens: int = 128
+    concurrency: int = 1
+    api_key: str | None = None
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    ttft_s: float
+    tg_tokens_per_s: float
+    pp_tokens_per_s: float | None
+    server_tg_tokens_per_s: float | None
+    completion_tokens: int
+    stream: int = 0
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    options: BenchOptions
+    runs: tuple[RunResult, ...]
+    errors: int
+    wall_s: float
+
+    def summary(self) -> dict:
+        def stats(values: list[float]) -> dict:
+            return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+                    "max": round(max(values), 3)} if values else {"median": None, "min": None, "max": None}
+
+        out = {"tg_tokens_per_s": stats([r.tg_tokens_per_s for r in self.runs]),
+               "ttft_s": stats([r.ttft_s for r in self.runs]),
+               "pp_tokens_per_s": stats([r.pp_tokens_per_s for r in self.runs if r.pp_tokens_per_s]),
+               "server_tg_tokens_per_s": stats([r.server_tg_tokens_per_s for r in self.runs
+                                                if r.server_tg_tokens_per_s])}
+        if self.options.concurrency > 1 and self.wall_s > 0:
+            out["aggregate_tokens_per_s"] = round(sum(r.completion_tokens for r in self.runs) / self.wall_s, 2)
+        out["errors"] = self.errors
+        return out
+
+    def to_json(self) -> dict:
+        o = self.options
+        return {"version": 1, "url": o.url, "model": o.model, "concurrency": o.concurrency,
+                "max_tokens": o.max_tokens,
+                "runs": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(r).items()}
+                         for r in self.runs],
+                "summary": self.summary()}
+
+
+def _prompt(tokens: int) -> str:
+    # ~19 tokens per filler sentence for common tokenizers
+    return (FILLER * max(1, tokens // 19 + 1))[: max(16, tokens * 4)] + "\nContinue the story."
+
+
+def run_once(client: httpx.Client, opts: BenchOptions, stream_id: int = 0) -> RunResult:
+    body = {"model": opts.model, "stream": True, "max_tokens": opts.max_tokens, "ignore_eos": True,
+            "temperature": 0.7, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": _prompt(opts.prompt_tokens)}]}
+    start = time.perf_counter()
+    first = last = None
+    chunks = 0
+    timings: dict = {}
+    usage: dict = {}
+    with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            raise BenchError(f"{opts.url} answered {resp.status_code}: {resp.text[:120]}",
+                             "check --url, --model and the API key")
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            timings = data.get("timings") or timings
+            usage = data.get("usage") or usage
+            for choice in data.get("choices", []):
+                if choice.get("delta", {}).get("content"):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    chunks += 1
+    if first is None or last is None:
+        raise BenchError(f"{opts.url} streamed no tokens", "check that the model loaded (/health, /v1/models)")
+    tokens = int(usage.get("completion_tokens") or timings.get("predicted_n") or chunks)
+    decode = (tokens - 1) / (last - first) if last > first else 0.0
+    pp = timings.get("prompt_per_second")
+    return RunResult(ttft_s=first - start, tg_tokens_per_s=decode, pp_tokens_per_s=pp,
+                     server_tg_tokens_per_s=timings.get("predicted_per_second"), completion_tokens=tokens,
+                     stream=stream_id)
+
+
+def run_benchmark(opts: BenchOptions, progress: Callable[[int], None] | None = None) -> BenchResult:
+    headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+    results: list[RunResult] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        nonlocal errors
+        with httpx.Client(base_url=opts.url, headers=headers, timeout=opts.timeout_s) as client:
+            try:
+                r = run_once(client, opts, i % opts.concurrency)
+            except (httpx.HTTPError, json.JSONDecodeError, BenchError) as exc:
+                if isinstance(exc, httpx.ConnectError) and opts.concurrency == 1:
+                    raise BenchError(f"cannot reach {opts.url}", "start the cluster (docker compose up) or pass --url") from None
+                if isinstance(exc, BenchError) and opts.concurrency == 1:
+                    raise
+                with lock:
+                    errors += 1
+                return
+        with lock:
+            results.append(r)
+        if progress:
+            progress(1)
+
+    start = time.perf_counter()
+    if opts.concurrency == 1:
+        for i in range(opts.runs):
+            one(i)
+    else:
+        with ThreadPoolExecutor(opts.concurrency) as pool:
+            list(pool.map(one, range(opts.runs * opts.concurrency)))
+    return BenchResult(opts, tuple(results), errors, time.perf_counter() - start)

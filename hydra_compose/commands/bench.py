@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from ..benchmark import BenchOptions, BenchResult, run_benchmark
+from ..errors import UsageError
+from ..power import AmdGpu, Gpu, NvidiaGpu, PowerError, SweepRow, Target, sweep
+from .context import Project
+
+
+def master_url(project: Project) -> str:
+    cfg = project.config
+    host = cfg.master.bind or cfg.master_host.address
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{cfg.master.port}"
+
+
+def master_api_key(project: Project) -> str | None:
+    env = project.root / "compose" / project.config.master.host / ".env"
+    if env.exists():
+        m = re.search(r"^LLAMA_API_KEY=(\S+)$", env.read_text(), re.M)
+        if m:
+            return m[1]
+    return None
+
+
+def options(project: Project | None, url: str | None, model: str | None, **kw: object) -> BenchOptions:
+    if url is None or model is None:
+        if project is None:
+            raise UsageError("no cluster.yaml to take the master's URL and model from", "pass --url and --model")
+        url = url or master_url(project)
+        model = model or project.model_entry(None)[0]
+    key = master_api_key(project) if project else None
+    return BenchOptions(url=url.rstrip("/"), model=model, api_key=key, **kw)  # type: ignore[arg-type]
+
+
+def write_bench(result: BenchResult, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    with (out / "bench.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(asdict(result.runs[0]).keys()) if result.runs else ["ttft_s"])
+        w.writeheader()
+        for r in result.runs:
+            w.writerow(asdict(r))
+    return [out / "bench.json", out / "bench.csv"]
+
+
+def gpus_for(project: Project | None, specs: list[str]) -> list[Gpu]:
+    gpus: list[Gpu] = []
+    for spec in specs:
+        m = re.fullmatch(r"(?P<host>[^:]+):(?P<index>\d+)", spec)
+        if not m:
+            raise UsageError(f"--gpu {spec} is not HOST:INDEX", "write it like local:0 or rocm-box:1")
+        host_name, index = m["host"], int(m["index"])
+        if host_name == "local":
+            target, vendor = Target("local"), None
+        else:
+            if project is None or host_name not in {h.name for h in project.config.hosts}:
+                raise UsageError(f"--gpu {spec}: host {host_name} is not in cluster.yaml", "use local or a host name")
+            host = project.config.host(host_name)
+            if not host.ssh:
+                raise UsageError(f"host {host_name} has no ssh: entry", "add ssh: root@ADDRESS to it in cluster.yaml")
+            target = Target(host_name, host.ssh)
+            vendors = {d.vendor for d in host.devices if d.is_gpu and (d.index or 0) == index}
+            vendor = vendors.pop() if len(vendors) == 1 else None
+        gpus.append((AmdGpu if vendor == "amd" or (vendor is None and _is_amd(target)) else NvidiaGpu)(target, index))
+    return gpus
+
+
+def _is_amd(target: Target) -> bool:
+    """Without an inventory entry: AMD when amd-smi runs and nvidia-smi does not."""
+    try:
+        target.run(["nvidia-smi", "-L"])
+        return False
+    except PowerError:
+        try:
+            target.run(["amd-smi", "version"])
+            return True
+        except PowerError:
+            return False
+
+
+def power_sweep(gpus: list[Gpu], limits: list[float], opts: BenchOptions, settle_s: float,
+                on_step=None) -> list[SweepRow]:  # noqa: ANN001
+    def bench() -> float:
+        return run_benchmark(opts).summary()["tg_tokens_per_s"]["median"] or 0.0
+
+    return sweep(gpus, limits, bench, settle_s, on_step)
+
+
+def write_sweep(rows: list[SweepRow], out: Path) -> list[Path]:
+    from ..plots import sweep_plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = [asdict(r) for r in rows]
+    (out / "sweep.json").write_text(json.dumps({"version": 1, "rows": data}, indent=2) + "\n")
+    with (out / "sweep.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(data[0].keys()))
+        w.writeheader()
+        w.writerows(data)
+    lines = ["| GPU | Power limit | Generation speed | Avg / peak power | tok/s per W | Max temp | SM clock |",
+             "| :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        def f(v, fmt):  # noqa: ANN001, ANN202
+            return "-" if v is None else format(v, fmt)
+
+        lines.append(f"| {r.gpu} | {r.limit_w:g} W | {r.tg_tokens_per_s:.2f} tok/s | "
+                     f"{f(r.avg_power_w, '.0f')} / {f(r.peak_power_w, '.0f')} W | {f(r.tokens_per_joule, '.3f')} | "
+                     f"{f(r.max_temp_c, '.0f')} °C | {f(r.avg_sm_clock_mhz, '.0f')} MHz |")
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    return [out / "sweep.json", out / "sweep.csv", out / "sweep.md", *sweep_plots(rows, out)]
