@@ -169,6 +169,80 @@ def generate(model: Optional[str] = _MODEL,
             "(workers' hosts first)")
 
 
+_HOSTS = typer.Argument(None, help="Hosts of cluster.yaml (default: all).")
+
+
+@app.command()
+def up(hosts: Optional[list[str]] = _HOSTS,
+       no_build: bool = typer.Option(False, "--no-build", help="Use the images already built.")) -> None:
+    """Start the generated stacks: workers first, then the master."""
+    from . import lifecycle
+
+    o = _console()
+    lifecycle.up(_project(), hosts, o.print, build=not no_build)
+
+
+@app.command()
+def down(hosts: Optional[list[str]] = _HOSTS,
+         volumes: bool = typer.Option(False, "-v", "--volumes", help="Also remove the workers' tensor caches.")) -> None:
+    """Stop the stacks: the master first, then the workers."""
+    from . import lifecycle
+
+    lifecycle.down(_project(), hosts, _console().print, volumes)
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON (versioned).")) -> None:
+    """Workers (container, port, llama.cpp ref) and master (health, model, slots, tok/s); warnings."""
+    from . import lifecycle
+    from .commands.bench import master_api_key
+
+    project = _project()
+    st = lifecycle.status(project, master_api_key(project))
+    if as_json:
+        print(json.dumps(st.to_json(), indent=2))
+    else:
+        from rich.table import Table
+
+        o = _console()
+        m = st.master
+        o.print(f"master {m['host']} {m['url']}: {'healthy' if m['healthy'] else 'NOT healthy'} "
+                f"({m['state']}), model {m['model']}, split {m.get('tensor_split')}, "
+                f"slots busy {m.get('slots_processing')}/{m.get('slots')}, "
+                f"decode {m.get('predicted_tokens_per_s')} tok/s")
+        table = Table("host", "worker", "endpoint", "container", "reachable", "llama.cpp")
+        for w in st.workers:
+            table.add_row(w["host"], w["service"], w["endpoint"], f"{w['state']} {w['health'] or ''}".strip(),
+                          "yes" if w["reachable"] else "NO", w["llama_cpp_ref"] or "-")
+        o.print(table)
+        for warning in st.warnings:
+            o.print(f"warning: {warning}")
+    if st.warnings and not st.master.get("healthy"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def swap(model: str = typer.Argument(..., help="Model name from cluster.yaml or a .gguf in models/.")) -> None:
+    """Plan and regenerate for another model, restart only the master (workers keep running)."""
+    from . import lifecycle
+
+    o = _console()
+    r = lifecycle.swap(_project(), model, o.print)
+    o.print(f"swapped to {r['model']} in {r['seconds']} s (split {r['tensor_split']}); "
+            f"workers restarted: {', '.join(r['workers_restarted']) or 'none'}")
+
+
+@app.command()
+def logs(host: Optional[str] = typer.Argument(None, help="Host (default: the master's)."),
+         service: Optional[str] = typer.Argument(None, help="Service, e.g. llama-server or rpc-cpu0."),
+         follow: bool = typer.Option(True, "--follow/--no-follow", "-f", help="Keep following.")) -> None:
+    """Show a host's container logs through compose."""
+    from . import lifecycle
+
+    project = _project()
+    raise typer.Exit(lifecycle.logs(project, host or project.config.master.host, service, follow))
+
+
 bench_app = typer.Typer(help="Long-generation benchmarks and power-limit sweeps.", invoke_without_command=True)
 app.add_typer(bench_app, name="bench")
 

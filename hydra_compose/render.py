@@ -183,7 +183,9 @@ def _worker_service(w: Worker, host: Host, source: BuildSource, cfg: ClusterConf
         "network_mode": "host",
         "restart": "unless-stopped",
         "volumes": ["rpc-cache:/cache"],
-        "healthcheck": {"test": ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/{w.address}/{w.port}"],
+        # A busy worker never accepts a second client and its accept queue fills up, so
+        # connecting would fail under load: check that the port is listening instead.
+        "healthcheck": {"test": ["CMD", "grep", "-qi", f":{w.port:04X} 00000000:0000 0A", "/proc/net/tcp"],
                         "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "10s"},
         "labels": _labels("worker", host),
     })
@@ -197,7 +199,8 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
     command = ["-m", f"/models/{plan.model.name}", "--alias", model_name, "--host", bind,
                "--port", str(cfg.master.port), "--metrics", *plan.llama_server_args()]
     svc: dict = {"image": _image(vendor, "server", source), "build": _build(vendor, "server", source, cfg),
-                 "command": command}
+                 # the supervisor restarts llama-server when a worker restarts (it never reconnects)
+                 "entrypoint": ["/bin/bash", "/hydra/supervise.sh"], "command": command}
     gpus = [d for d in plan.devices if d.slot.kind == "local"]
     if vendor == "nvidia" and gpus:
         svc["deploy"] = {"resources": {"reservations": {"devices": [
@@ -215,9 +218,9 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
         "environment": environment,
         "network_mode": "host",
         "restart": "unless-stopped",
-        "volumes": [f"{models_rel}:/models:ro"],
-        "healthcheck": {"test": ["CMD", "curl", "-fsS", health], "interval": "5s", "timeout": "3s",
-                        "retries": 3, "start_period": "300s"},
+        "volumes": [f"{models_rel}:/models:ro", "./supervise.sh:/hydra/supervise.sh:ro"],
+        "healthcheck": {"test": ["CMD", "bash", "-c", f"curl -fsS {health} && ! test -e /tmp/hydra-stalled"],
+                        "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "300s"},
         "labels": _labels("master", host),
     })
     if local_workers:
@@ -236,6 +239,14 @@ def render_compose(cfg: ClusterConfig, plan: Plan, model_name: str, host: Host, 
         doc["volumes"] = {"rpc-cache": {}}
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
     return f"# {HEADER.format(config=config_name)}\n{body}"
+
+
+def render_supervisor() -> str:
+    import importlib.resources
+
+    text = importlib.resources.files("hydra_compose").joinpath("data/supervise.sh").read_text()
+    shebang, rest = text.split("\n", 1)
+    return f"{shebang}\n# {HEADER.format(config='cluster.yaml')}\n{rest}"
 
 
 def render_env(cfg: ClusterConfig, host: Host, api_key: str | None) -> str:

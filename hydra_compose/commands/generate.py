@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..plan import Plan, PlanOptions, make_plan
-from ..render import RenderedFile, build_source, render_compose, render_dockerfiles, render_env
+from ..render import RenderedFile, build_source, render_compose, render_dockerfiles, render_env, render_supervisor
 from ..writer import write_files
 from .context import Project
 
@@ -39,6 +39,8 @@ def render_all(project: Project, out_dir: Path, model_name: str, plan: Plan) -> 
         models_rel = os.path.relpath(project.models_dir, compose_dir.resolve())
         files.append(RenderedFile(f"compose/{host.name}/docker-compose.yml",
                                   render_compose(cfg, plan, model_name, host, config_name, source, models_rel)))
+        if host.name == cfg.master.host:
+            files.append(RenderedFile(f"compose/{host.name}/supervise.sh", render_supervisor(), mode=0o755))
         key = None
         if host.name == cfg.master.host and cfg.master.api_key:
             key = _existing_key(compose_dir / ".env") or secrets.token_urlsafe(32)
