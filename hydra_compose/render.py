@@ -164,6 +164,14 @@ def _labels(role: str, host: Host) -> dict:
     return {"io.hydra-compose.role": role, "io.hydra-compose.host": host.name}
 
 
+def _amd_access(render_nodes: list[str]) -> dict:
+    """ROCm needs /dev/kfd, the render node(s) and the host's numeric video/render GIDs."""
+    return {"devices": ["/dev/kfd", *render_nodes],
+            "group_add": ["${VIDEO_GID:?set VIDEO_GID in .env (getent group video)}",
+                          "${RENDER_GID:?set RENDER_GID in .env (getent group render)}"],
+            "security_opt": ["seccomp=unconfined"]}
+
+
 def _worker_service(w: Worker, host: Host, source: BuildSource, cfg: ClusterConfig) -> dict:
     vendor = w.device.vendor
     command = ["-H", w.bind, "-p", str(w.port), "-c"]
@@ -174,10 +182,7 @@ def _worker_service(w: Worker, host: Host, source: BuildSource, cfg: ClusterConf
         svc["deploy"] = {"resources": {"reservations": {"devices": [
             {"driver": "nvidia", "device_ids": [str(w.device.index or 0)], "capabilities": ["gpu"]}]}}}
     else:
-        svc["devices"] = ["/dev/kfd", f"/dev/dri/renderD{128 + (w.device.index or 0)}"]
-        svc["group_add"] = ["${VIDEO_GID:?set VIDEO_GID in .env (getent group video)}",
-                            "${RENDER_GID:?set RENDER_GID in .env (getent group render)}"]
-        svc["security_opt"] = ["seccomp=unconfined"]
+        svc.update(_amd_access([f"/dev/dri/renderD{128 + (w.device.index or 0)}"]))
     svc.update({
         "command": command,
         "network_mode": "host",
@@ -206,10 +211,7 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
         svc["deploy"] = {"resources": {"reservations": {"devices": [
             {"driver": "nvidia", "device_ids": [str(d.slot.device.index or 0) for d in gpus], "capabilities": ["gpu"]}]}}}
     elif vendor == "amd" and gpus:
-        svc["devices"] = ["/dev/kfd", "/dev/dri"]
-        svc["group_add"] = ["${VIDEO_GID:?set VIDEO_GID in .env (getent group video)}",
-                            "${RENDER_GID:?set RENDER_GID in .env (getent group render)}"]
-        svc["security_opt"] = ["seccomp=unconfined"]
+        svc.update(_amd_access(["/dev/dri"]))
     environment = {"LLAMA_ARG_LOG_VERBOSITY": "${LLAMA_ARG_LOG_VERBOSITY:-3}"}
     if cfg.master.api_key:
         environment["LLAMA_API_KEY"] = "${LLAMA_API_KEY:?set LLAMA_API_KEY in .env}"

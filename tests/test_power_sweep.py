@@ -73,7 +73,8 @@ def test_restores_after_error_in_a_run(gpu_state, tmp_path):
     assert limit(state) == 350.0
 
 
-def test_restores_after_sigint_mid_sweep(gpu_state, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_restores_after_signal_mid_sweep(sig, gpu_state, tmp_path):
     state, log, env = gpu_state
     server = FakeLlama(state, delay_s=30)
     try:
@@ -83,29 +84,12 @@ def test_restores_after_sigint_mid_sweep(gpu_state, tmp_path):
         while limit(state) != 200.0 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        server.close()
-    assert proc.returncode == 130, err
-    assert "restored" in err and "Traceback" not in err
-    assert limit(state) == 350.0
-
-
-def test_restores_after_sigterm(gpu_state, tmp_path):
-    state, log, env = gpu_state
-    server = FakeLlama(state, delay_s=30)
-    try:
-        proc = subprocess.Popen(["hydra-compose", *sweep_args(server.url, tmp_path / "out")], cwd=tmp_path,
-                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while limit(state) != 200.0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         server.close()
     assert proc.returncode == 130, err
+    assert "restored" in err and "Traceback" not in err
     assert limit(state) == 350.0
 
 

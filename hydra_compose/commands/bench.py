@@ -19,12 +19,9 @@ def master_url(project: Project) -> str:
 
 
 def master_api_key(project: Project) -> str | None:
-    env = project.root / "compose" / project.config.master.host / ".env"
-    if env.exists():
-        m = re.search(r"^LLAMA_API_KEY=(\S+)$", env.read_text(), re.M)
-        if m:
-            return m[1]
-    return None
+    from .generate import existing_key
+
+    return existing_key(project.root / "compose" / project.config.master.host / ".env")
 
 
 def options(project: Project | None, url: str | None, model: str | None, **kw: object) -> BenchOptions:

@@ -21,7 +21,8 @@ class GenerateResult:
     changed: tuple[str, ...]
 
 
-def _existing_key(env_file: Path) -> str | None:
+def existing_key(env_file: Path) -> str | None:
+    """The API key a previous generate wrote into a .env (kept, so regenerating changes nothing)."""
     if env_file.exists():
         m = re.search(r"^LLAMA_API_KEY=(\S+)$", env_file.read_text(), re.M)
         if m:
@@ -43,7 +44,7 @@ def render_all(project: Project, out_dir: Path, model_name: str, plan: Plan) -> 
             files.append(RenderedFile(f"compose/{host.name}/supervise.sh", render_supervisor(), mode=0o755))
         key = None
         if host.name == cfg.master.host and cfg.master.api_key:
-            key = _existing_key(compose_dir / ".env") or secrets.token_urlsafe(32)
+            key = existing_key(compose_dir / ".env") or secrets.token_urlsafe(32)
         files.append(RenderedFile(f"compose/{host.name}/.env", render_env(cfg, host, key), mode=0o600))
     return files
 
