@@ -39,6 +39,7 @@ def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[s
             continue
         current = target.read_bytes()
         if current == f.text.encode():
+            os.chmod(target, f.mode)  # a checkout does not keep 0600 on .env
             continue
         if not force and manifest.get(f.path) != _digest(current):
             raise OutputError(f"{target} was edited since the last generate (or was not written by it)",
