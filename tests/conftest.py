@@ -22,7 +22,7 @@ def isolated_env(tmp_path_factory, monkeypatch):
     """No test reads the developer's config, home or llama.cpp source setting."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
-    for var in ("HYDRA_CONFIG", "HYDRA_LLAMA_CPP_SOURCE"):
+    for var in ("HYDRA_CONFIG", "HYDRA_LLAMA_CPP_SOURCE", "HYDRA_SSH_CONFIG"):
         monkeypatch.delenv(var, raising=False)
 
 
