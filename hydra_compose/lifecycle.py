@@ -84,6 +84,12 @@ def stacks(project, hosts: list[str] | None = None) -> list[Stack]:  # noqa: ANN
     return sorted(out, key=lambda s: s.is_master)
 
 
+def master_url(project) -> str:  # noqa: ANN001
+    cfg = project.config
+    host = cfg.master.bind or cfg.master_host.address
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{cfg.master.port}"
+
+
 def port_open(address: str, port: int, timeout: float = 1.0) -> bool:
     """True unless the connection is refused or unroutable. A timeout counts as open:
     a worker serving the master accepts nobody else, and its full accept queue
@@ -192,8 +198,6 @@ def status(project, api_key: str | None) -> Status:  # noqa: ANN001
         ref = image_ref(master_stack, server.get("image", ""))
         if ref:
             refs[f"{cfg.master.host}/llama-server"] = ref
-    from .commands.bench import master_url
-
     url = master_url(project)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     m: dict = {"host": cfg.master.host, "port": cfg.master.port, "url": url, "state": ps.get("State", "missing"),

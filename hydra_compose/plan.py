@@ -23,6 +23,7 @@ from .config import ClusterConfig, Device, ModelEntry
 from .errors import PlanError
 from .gguf_facts import ModelFacts, cache_type_bytes
 from .speed import device_bandwidth_gbs, rpc_overhead_s
+from .topology import local_gpus, rpc_workers
 
 MiB = 1024 * 1024
 N_UBATCH = 512
@@ -116,14 +117,13 @@ class Plan:
         return args
 
 
-def device_slots(cfg: ClusterConfig) -> list[Slot]:
+def device_slots(cfg: ClusterConfig, n_embd: int) -> list[Slot]:
     """Devices in llama.cpp's order: RPC devices in --rpc order, then the master's GPUs.
 
     GPUs on the master host of the master's vendor are used directly; every other
     device (CPU devices on the master host too) is served by a ggml-rpc-server.
+    n_embd sizes the activations each RPC hop carries.
     """
-    from .topology import rpc_workers, local_gpus  # cycle-free: topology imports config only
-
     slots = []
     master = cfg.master_host
     for w in rpc_workers(cfg):
@@ -132,7 +132,7 @@ def device_slots(cfg: ClusterConfig) -> list[Slot]:
             id=f"RPC[{w.address}:{w.port}]", host=w.host, kind="rpc", vendor=w.device.vendor,
             endpoint=f"{w.address}:{w.port}", budget_bytes=w.device.budget_bytes,
             bandwidth_gbs=device_bandwidth_gbs(w.device),
-            overhead_s=rpc_overhead_s(host, host.name == master.name, 0), device=w.device))
+            overhead_s=rpc_overhead_s(host, host.name == master.name, n_embd), device=w.device))
     for i, dev in enumerate(local_gpus(cfg)):
         prefix = "CUDA" if dev.vendor == "nvidia" else "ROCm"
         slots.append(Slot(id=f"{prefix}{i}", host=master.name, kind="local", vendor=dev.vendor, endpoint=None,
@@ -259,7 +259,7 @@ def make_plan(cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions) -> Plan:
     if opts.cache_type_v not in ("f16", "f32", "bf16") and not opts.flash_attn:
         raise PlanError(f"a quantized V cache ({opts.cache_type_v}) needs flash attention",
                         "set flash_attn: true, or use --cache-type-v f16")
-    slots = device_slots(cfg)
+    slots = device_slots(cfg, model.n_embd)
     if not slots:
         raise PlanError("the inventory has no device to put layers on",
                         "add a GPU or a cpu device to a host in cluster.yaml")
@@ -292,6 +292,7 @@ def make_plan(cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions) -> Plan:
     _, ranges = found
     used = [i for i, (a, b) in enumerate(ranges) if b > a]
     n_items = model.n_layer + 1
+    lay = _Layout(model, opts, ctx)
     devices, left_out = [], []
     for i, (slot, (a, b)) in enumerate(zip(slots, ranges)):
         if b <= a:
@@ -299,7 +300,6 @@ def make_plan(cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions) -> Plan:
                 devices.append(PlannedDevice(slot, None, False, 0, 0, 0))
             left_out.append(slot)
             continue
-        lay = _Layout(model, opts, ctx)
         has_output = b == n_items
         last_layer = min(b, model.n_layer) - 1
         devices.append(PlannedDevice(

@@ -100,3 +100,15 @@ def test_all_mode_balances_by_speed():
     plan = make_plan(cfg, facts(n_layer=20, layer_mib=100), PlanOptions(ctx=4096, split="all"))
     n_slow, n_fast = plan.tensor_split
     assert n_fast > n_slow > 0
+
+
+def test_link_speed_enters_the_prediction():
+    def planned(link_gbps):
+        cfg = ClusterConfig.model_validate({"master": {"host": "m"}, "hosts": [
+            {"name": "m", "address": "10.0.0.1", "devices": [gpu("RTX 3060", 12, "sm_86", 0)]},
+            {"name": "w", "address": "10.0.0.2", "link_gbps": link_gbps, "devices": [gpu("RTX 3060", 12, "sm_86", 0)]}]})
+        return make_plan(cfg, facts(n_layer=40, layer_mib=400, n_embd=8192), PlanOptions(ctx=2048))
+
+    fast, slow = planned(10), planned(0.1)
+    assert len(fast.devices) == len(slow.devices) == 2
+    assert slow.predicted_tg_tokens_per_s < fast.predicted_tg_tokens_per_s

@@ -8,14 +8,9 @@ from pathlib import Path
 
 from ..benchmark import BenchOptions, BenchResult, run_benchmark
 from ..errors import UsageError
+from ..lifecycle import master_url
 from ..power import AmdGpu, Gpu, NvidiaGpu, PowerError, SweepRow, Target, sweep
 from .context import Project
-
-
-def master_url(project: Project) -> str:
-    cfg = project.config
-    host = cfg.master.bind or cfg.master_host.address
-    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{cfg.master.port}"
 
 
 def master_api_key(project: Project) -> str | None:
