@@ -22,7 +22,7 @@ import httpx
 
 from .config import Host
 from .errors import HydraError
-from .topology import rpc_workers
+from .topology import master_url, rpc_workers
 
 REF_LABEL = "io.hydra-compose.llama-cpp-ref"
 
@@ -82,12 +82,6 @@ def stacks(project, hosts: list[str] | None = None) -> list[Stack]:  # noqa: ANN
             raise ClusterError(f"{f} does not exist", "run `hydra-compose generate` first")
         out.append(Stack(h, f, h.name == cfg.master.host))
     return sorted(out, key=lambda s: s.is_master)
-
-
-def master_url(project) -> str:  # noqa: ANN001
-    cfg = project.config
-    host = cfg.master.bind or cfg.master_host.address
-    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{cfg.master.port}"
 
 
 def port_open(address: str, port: int, timeout: float = 1.0) -> bool:
@@ -175,12 +169,15 @@ def _compose_services(stack: Stack) -> dict:
 def status(project, api_key: str | None) -> Status:  # noqa: ANN001
     cfg = project.config
     all_stacks = {s.host.name: s for s in stacks(project)}
+    # one compose-file read and one `docker compose ps` per host, not per worker
+    services = {name: _compose_services(s) for name, s in all_stacks.items()}
+    running = {name: containers(s) for name, s in all_stacks.items()}
     refs: dict[str, str] = {}
     st = Status(master={})
     for w in rpc_workers(cfg):
         stack = all_stacks[w.host]
-        svc = _compose_services(stack).get(w.service, {})
-        ps = containers(stack).get(w.service, {})
+        svc = services[w.host].get(w.service, {})
+        ps = running[w.host].get(w.service, {})
         ref = image_ref(stack, svc.get("image", "")) if svc else None
         if ref:
             refs[f"{w.host}/{w.service}"] = ref
@@ -191,14 +188,13 @@ def status(project, api_key: str | None) -> Status:  # noqa: ANN001
             st.warnings.append(f"worker {w.endpoint} listens on {w.bind}: RPC has no authentication — "
                                "bind it to a LAN address and firewall the port")
     master_stack = all_stacks[cfg.master.host]
-    services = _compose_services(master_stack)
-    server = services.get("llama-server", {})
-    ps = containers(master_stack).get("llama-server", {})
+    server = services[cfg.master.host].get("llama-server", {})
+    ps = running[cfg.master.host].get("llama-server", {})
     if server:
         ref = image_ref(master_stack, server.get("image", ""))
         if ref:
             refs[f"{cfg.master.host}/llama-server"] = ref
-    url = master_url(project)
+    url = master_url(cfg)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     m: dict = {"host": cfg.master.host, "port": cfg.master.port, "url": url, "state": ps.get("State", "missing"),
                "health": ps.get("Health") or None, "healthy": False, "model": None}

@@ -21,7 +21,7 @@ from itertools import accumulate
 
 from .config import ClusterConfig, Device, ModelEntry
 from .errors import PlanError
-from .gguf_facts import ModelFacts, cache_type_bytes
+from .gguf_facts import ModelFacts
 from .speed import device_bandwidth_gbs, rpc_overhead_s
 from .topology import local_gpus, rpc_workers
 
@@ -182,7 +182,6 @@ def _search(slots: list[Slot], model: ModelFacts, opts: PlanOptions, ctx: int, n
     n_items = lay.n_items
     ctx_slot = ctx // opts.parallel
     multi = n_used_max > 1
-    inf = float("inf")
     # state: (items covered, used count capped at 2) -> (cost, ranges)
     states: dict[tuple[int, int], tuple[float, list[tuple[int, int]]]] = {(0, 0): (0.0, [])}
     for slot in slots:

@@ -38,6 +38,17 @@ def master_vendor(cfg: ClusterConfig) -> str:
     return gpus[0].vendor if gpus else "cpu"
 
 
+def master_bind(cfg: ClusterConfig) -> str:
+    """What llama-server listens on: master.bind, else the master host's address."""
+    return cfg.master.bind or cfg.master_host.address
+
+
+def master_url(cfg: ClusterConfig) -> str:
+    """Where the master answers; a wildcard bind is reached on loopback."""
+    bind = master_bind(cfg)
+    return f"http://{'127.0.0.1' if bind == '0.0.0.0' else bind}:{cfg.master.port}"
+
+
 def local_gpus(cfg: ClusterConfig) -> list[Device]:
     vendor = master_vendor(cfg)
     return [d for d in cfg.master_host.devices if d.is_gpu and d.vendor == vendor]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..benchmark import BenchOptions, BenchResult, run_benchmark
 from ..errors import UsageError
-from ..lifecycle import master_url
 from ..power import AmdGpu, Gpu, NvidiaGpu, PowerError, SweepRow, Target, sweep
+from ..topology import master_url
 from .context import Project
 
 
@@ -23,7 +23,7 @@ def options(project: Project | None, url: str | None, model: str | None, **kw: o
     if url is None or model is None:
         if project is None:
             raise UsageError("no cluster.yaml to take the master's URL and model from", "pass --url and --model")
-        url = url or master_url(project)
+        url = url or master_url(project.config)
         model = model or project.model_entry(None)[0]
     key = master_api_key(project) if project else None
     return BenchOptions(url=url.rstrip("/"), model=model, api_key=key, **kw)  # type: ignore[arg-type]
