@@ -1,12 +1,16 @@
-"""Planned vs actual memory per device, for every test model shape.
+"""Planned vs actual memory per device, for every architecture and test shape.
 
-Starts 2-3 CPU workers on loopback and llama-server with each plan's arguments,
-then prints what llama-server reports allocating next to our plan.
-Usage: python bench/plan_accuracy.py   (needs scripts/build-llama-native.sh)
+Starts 2-3 CPU workers on loopback and llama-server with each plan's arguments
+(the cases of tests/test_plan_accuracy.py: a fixed context, and the context the
+planner picks itself on small workers), then prints what llama-server reports
+allocating (model + KV + recurrent state + compute, from its -lv 4 log) next to
+the plan, and the worst deviation per architecture.
+Usage: python bench/plan_accuracy.py [--json FILE]   (needs scripts/build-llama-native.sh)
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -14,14 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import CACHE, smollm2_path  # noqa: E402
-from test_plan_accuracy import CASES, cluster_for  # noqa: E402
+from conftest import CACHE  # noqa: E402
+from test_plan_accuracy import CASES, model_path, run_case, tolerance  # noqa: E402
 
-from hydra_compose.gguf_facts import read_model  # noqa: E402
-from hydra_compose.llama_log import parse_server_log  # noqa: E402
-from hydra_compose.localrun import loopback_cluster  # noqa: E402
-from hydra_compose.plan import make_plan  # noqa: E402
-from hydra_compose.synthetic import TEST_SHAPES, write_llama_gguf  # noqa: E402
+from hydra_compose.synthetic import ARCH_SHAPES, TEST_SHAPES, write_gguf  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -29,28 +29,32 @@ MiB = 1024 * 1024
 def main() -> None:
     bin_dir = CACHE / "llama-native-11434.0.0" / "bin"
     work = Path(tempfile.mkdtemp(prefix="plan-accuracy-"))
-    for s in TEST_SHAPES:
-        write_llama_gguf(work / f"{s.name}.gguf", s)
-    print(f"{'model':14} {'options':34} {'device':22} {'planned MiB':>11} {'actual MiB':>10} {'diff MiB':>8} {'diff %':>6}")
-    worst = 0.0
-    for shape, opts in CASES:
-        path = smollm2_path() if shape == "smollm2" else work / f"{shape}.gguf"
-        model = read_model(path)
-        with loopback_cluster(bin_dir, work / "run") as cluster:
-            for _ in range(2 if shape == "smollm2" else 3):
-                cluster.start_worker(threads=1)
-            plan = make_plan(cluster_for(cluster.endpoints), model, opts)
-            cluster.start_server(path, [*plan.llama_server_args(), "--verbosity", "99"])
-            log = parse_server_log(cluster.stop_server())
-        label = f"ctx={plan.ctx} p={opts.parallel} fa={int(opts.flash_attn)} k={opts.cache_type_k}"
+    for s in TEST_SHAPES + ARCH_SHAPES:
+        write_gguf(work / f"{s.name}.gguf", s)
+    print(f"{'case':44} {'device':22} {'ctx':>7} {'planned MiB':>11} {'actual MiB':>10} {'diff MiB':>8} "
+          f"{'diff %':>6} {'ok':>3}")
+    rows, worst = [], {}
+    for case in CASES:
+        path = model_path(case.model, work)
+        if path is None:
+            print(f"{case.id}: model not installed, skipped")
+            continue
+        plan, log = run_case(case, path, bin_dir, work / "run")
         for d in plan.devices:
             actual = log.devices[d.slot.endpoint].total_bytes
-            diff = (actual - d.total_bytes) / MiB
-            pct = 100 * diff * MiB / actual
-            worst = max(worst, abs(diff))
-            print(f"{shape:14} {label:34} {d.slot.endpoint:22} {d.total_bytes / MiB:11.2f} {actual / MiB:10.2f} "
-                  f"{diff:8.2f} {pct:6.2f}")
-    print(f"largest difference: {worst:.2f} MiB (target: within max(2 %, 16 MiB) per device)")
+            diff = actual - d.total_bytes
+            ok = abs(diff) <= tolerance(d.total_bytes)
+            worst[case.model] = max(worst.get(case.model, 0.0), abs(diff) / MiB)
+            rows.append({"case": case.id, "device": d.slot.endpoint, "ctx": plan.ctx, "planned": d.total_bytes,
+                         "actual": actual, "ok": ok})
+            print(f"{case.id:44} {d.slot.endpoint:22} {plan.ctx:7} {d.total_bytes / MiB:11.2f} {actual / MiB:10.2f} "
+                  f"{diff / MiB:8.2f} {100 * diff / actual:6.2f} {'yes' if ok else 'NO':>3}")
+    print("\nworst |actual - planned| per model (target: max(2 %, 16 MiB) per device):")
+    for name, mib in worst.items():
+        print(f"  {name:14} {mib:6.2f} MiB")
+    print(f"{sum(r['ok'] for r in rows)}/{len(rows)} devices within target")
+    if "--json" in sys.argv:
+        Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

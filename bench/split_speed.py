@@ -23,7 +23,7 @@ from hydra_compose.config import ClusterConfig  # noqa: E402
 from hydra_compose.gguf_facts import read_model  # noqa: E402
 from hydra_compose.localrun import loopback_cluster  # noqa: E402
 from hydra_compose.plan import PlanOptions, make_plan  # noqa: E402
-from hydra_compose.synthetic import SPEED_SHAPE, write_llama_gguf  # noqa: E402
+from hydra_compose.synthetic import SPEED_SHAPE, write_gguf  # noqa: E402
 
 GRID = ["1/0", "3/1", "1/1", "1/3", "0/1"]
 ROUNDS = 3
@@ -41,7 +41,7 @@ def tg(bin_dir: Path, model: Path, rpc: list[str], split: str | None) -> float:
 def main() -> None:
     bin_dir = CACHE / "llama-native-11434.0.0" / "bin"
     work = Path(tempfile.mkdtemp(prefix="split-speed-"))
-    model_path = write_llama_gguf(work / "speed-16l.gguf", SPEED_SHAPE)
+    model_path = write_gguf(work / "speed-16l.gguf", SPEED_SHAPE)
     model = read_model(model_path)
     with loopback_cluster(bin_dir, work / "run") as cluster:
         a = cluster.start_worker(threads=1)

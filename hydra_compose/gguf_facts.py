@@ -16,10 +16,13 @@ import numpy as np
 import gguf
 from gguf.constants import GGUFValueType
 
+from . import arch_rules
 from .errors import ModelError
 
 _PART = re.compile(r"^(?P<stem>.+)-(?P<idx>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _LAYER = re.compile(r"^blk\.(\d+)\.")
+# Non-repeating tensors llama.cpp puts with the output layer (on the last device).
+_OUTPUT_TENSORS = {"output.weight", "output.bias", "output_norm.weight", "output_norm.bias", "token_embd_norm.weight"}
 _SCALAR = {k: np.dtype(v) for k, v in gguf.GGUFReader.gguf_scalar_to_np.items()}
 
 
@@ -77,6 +80,27 @@ class TruncatedError(Exception):
 
 
 @dataclass(frozen=True)
+class LayerFacts:
+    """One repeating block: what it weighs and what state it keeps per token or sequence."""
+
+    weight_bytes: int
+    expert_bytes: int  # the routed experts (*_exps tensors): what `-ot ...=CPU` moves to host RAM
+    kind: str  # "full" | "swa" (window-sized KV) | "recurrent" (fixed state) | "hybrid" (both) | "none"
+    n_head: int
+    k_elems: int  # K cache elements per token (n_embd_k_gqa); MLA: latent + rope
+    v_elems: int  # V cache elements per token; 0 for MLA, whose V is a view of K
+    n_ff: int  # dense FFN width (0 for MoE layers)
+
+    @property
+    def has_kv(self) -> bool:
+        return self.kind in ("full", "swa", "hybrid") and self.k_elems > 0
+
+    @property
+    def has_state(self) -> bool:
+        return self.kind in ("recurrent", "hybrid")
+
+
+@dataclass(frozen=True)
 class ModelFacts:
     name: str  # the file name users refer to (first part for split models)
     path: Path
@@ -97,15 +121,40 @@ class ModelFacts:
     n_vocab: int
     n_expert: int
     n_expert_used: int
-    sliding_window: int
+    sliding_window: int  # n_swa when some layer is SWA, else 0
     layer_bytes: tuple[int, ...]  # exact weight bytes of each repeating layer
     output_bytes: int  # output layer: output norm + output matrix (token_embd again when tied)
     input_bytes: int  # token embeddings, kept in the master's host memory
     tied_output: bool
+    layers: tuple[LayerFacts, ...] = ()
+    n_ff_exp: int = 0  # width of one routed expert
+    state_elems: int = 0  # recurrent state (f32) per sequence of a recurrent layer: conv + ssm/wkv
+    mla: bool = False
+    ssm_in_width: int = 0  # mamba-style layers: output width of ssm_in (sizes their compute temporaries)
+
+    def __post_init__(self) -> None:
+        if not self.layers:  # facts built by hand (tests): a dense full-attention model
+            object.__setattr__(self, "layers", tuple(
+                LayerFacts(b, 0, "full", self.n_head, h * self.head_dim_k, h * self.head_dim_v, self.n_ff)
+                for b, h in zip(self.layer_bytes, self.n_head_kv)))
+
+    @property
+    def v_elems_max(self) -> int:
+        return max((layer.v_elems for layer in self.layers), default=0)
+
+    @property
+    def expert_bytes(self) -> int:
+        return sum(layer.expert_bytes for layer in self.layers)
 
     def kv_bytes_per_token(self, layer: int, type_k: str, type_v: str) -> float:
-        heads = self.n_head_kv[layer]
-        return heads * (self.head_dim_k * cache_type_bytes(type_k) + self.head_dim_v * cache_type_bytes(type_v))
+        lf = self.layers[layer]
+        return lf.k_elems * cache_type_bytes(type_k) + lf.v_elems * cache_type_bytes(type_v)
+
+    def kinds(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            out[layer.kind] = out.get(layer.kind, 0) + 1
+        return out
 
     def to_json(self) -> dict:
         return {
@@ -114,8 +163,9 @@ class ModelFacts:
             "n_layer": self.n_layer, "n_ctx_train": self.n_ctx_train, "n_embd": self.n_embd,
             "n_head": self.n_head, "n_head_kv": sorted(set(self.n_head_kv)), "head_dim_k": self.head_dim_k,
             "head_dim_v": self.head_dim_v, "n_ff": self.n_ff, "n_vocab": self.n_vocab,
-            "n_expert": self.n_expert, "n_expert_used": self.n_expert_used,
-            "sliding_window": self.sliding_window, "tied_output": self.tied_output,
+            "n_expert": self.n_expert, "n_expert_used": self.n_expert_used, "n_ff_exp": self.n_ff_exp,
+            "expert_bytes": self.expert_bytes, "sliding_window": self.sliding_window, "mla": self.mla,
+            "layer_kinds": self.kinds(), "tied_output": self.tied_output,
         }
 
 
@@ -142,13 +192,17 @@ def part_paths(path: Path) -> tuple[Path, ...]:
 
 def _open(path: Path) -> HeaderReader:
     try:
+        if not path.exists():
+            raise FileNotFoundError
+        if not path.is_file():  # a FIFO or device would hang the reader, a directory fail it
+            raise ModelError(f"{path.name} is not a regular file", "put the GGUF file itself into models/")
         reader = HeaderReader(path)
     except TruncatedError as exc:
         raise ModelError(f"{path.name} is truncated ({exc.have} of {exc.need} bytes)",
                          "the download did not finish: fetch the file again") from None
     except FileNotFoundError:
         raise ModelError(f"model file {path} not found", f"put the GGUF into {path.parent}/") from None
-    except (ValueError, IndexError, KeyError, OverflowError, struct.error, TypeError) as exc:
+    except (ValueError, IndexError, KeyError, OverflowError, struct.error, TypeError, MemoryError) as exc:
         detail = str(exc).split("\n")[0][:80] or type(exc).__name__
         raise ModelError(f"{path.name} is not a readable GGUF file ({detail})",
                          "re-download it or convert it with llama.cpp's convert_hf_to_gguf.py") from None
@@ -164,8 +218,54 @@ def _field(reader: HeaderReader, key: str, default=None):  # noqa: ANN001, ANN20
     if field.types and field.types[0] == GGUFValueType.ARRAY:
         if field.types[-1] == GGUFValueType.STRING:
             return reader.string_array_lengths.get(field.offset + len(key) + 12, 0)
-        return field.contents()
-    return field.contents()
+        return [v.item() if hasattr(v, "item") else v for v in field.contents()]
+    value = field.contents()
+    return value.item() if hasattr(value, "item") else value
+
+
+# Plausible ranges of the header values the planner multiplies: anything outside is a
+# corrupt or hostile file, refused with one line instead of a MemoryError later.
+_LIMITS = {"block_count": (1, 4096), "embedding_length": (1, 1 << 20), "attention.head_count": (0, 4096),
+           "attention.head_count_kv": (0, 4096), "attention.key_length": (1, 1 << 16),
+           "attention.value_length": (1, 1 << 16), "feed_forward_length": (0, 1 << 22),
+           "context_length": (1, 1 << 26), "expert_count": (0, 4096), "expert_used_count": (0, 4096),
+           "expert_feed_forward_length": (0, 1 << 22), "attention.sliding_window": (0, 1 << 26),
+           "nextn_predict_layers": (0, 64), "attention.key_length_mla": (1, 1 << 16)}
+
+
+class _Header:
+    """Typed access to `{arch}.*` keys: ints in range, per-layer arrays of the right length."""
+
+    def __init__(self, reader: HeaderReader, arch: str, name: str) -> None:
+        self.reader, self.arch, self.name = reader, arch, name
+
+    def raw(self, key: str, default: object = None) -> object:
+        return _field(self.reader, f"{self.arch}.{key}", default)
+
+    def _bad(self, key: str, why: str) -> ModelError:
+        return ModelError(f"{self.name}: {self.arch}.{key} {why}", "the file is corrupt or not a model: convert it again")
+
+    def _check(self, key: str, v: object) -> int:
+        lo, hi = _LIMITS.get(key, (0, 1 << 30))
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._bad(key, f"is {type(v).__name__}, not a whole number")
+        if not lo <= v <= hi:
+            raise self._bad(key, f"is {v}, outside {lo}..{hi}")
+        return v
+
+    def int(self, key: str, default: int | None = None) -> int:
+        v = self.raw(key, default)
+        if v is None:
+            raise self._bad(key, "is missing")
+        return self._check(key, v)
+
+    def per_layer(self, key: str, n_layer: int, default: int) -> tuple[int, ...]:
+        v = self.raw(key, default)
+        if isinstance(v, list):
+            if len(v) < n_layer:
+                raise self._bad(key, f"has {len(v)} entries for {n_layer} layers")
+            return tuple(self._check(key, x) for x in v[:n_layer])
+        return (self._check(key, v),) * n_layer
 
 
 def read_model(path: Path) -> ModelFacts:
@@ -173,72 +273,129 @@ def read_model(path: Path) -> ModelFacts:
     readers = [_open(p) for p in parts]
     head = readers[0]
     arch = _field(head, "general.architecture")
-    if not isinstance(arch, str):
+    if not isinstance(arch, str) or not arch:
         raise ModelError(f"{path.name} has no general.architecture", "this is not a model GGUF (LoRA or mmproj?)")
-
-    def key(name: str, default=None):  # noqa: ANN001, ANN202
-        return _field(head, f"{arch}.{name}", default)
-
-    n_layer = key("block_count")
-    n_embd = key("embedding_length")
-    n_head = key("attention.head_count")
-    if not n_layer or not n_embd or not n_head:
-        raise ModelError(f"{path.name} lacks {arch}.block_count/embedding_length/attention.head_count",
-                         "this GGUF is not a transformer model we can plan")
-    if isinstance(n_head, list):
-        n_head = max(n_head)
-    kv = key("attention.head_count_kv", n_head)
-    n_head_kv = tuple(kv) if isinstance(kv, list) else (kv,) * n_layer
-    if len(n_head_kv) != n_layer:
-        raise ModelError(f"{path.name}: head_count_kv has {len(n_head_kv)} entries for {n_layer} layers",
-                         "the file is malformed: convert it again")
-    head_dim_k = key("attention.key_length", n_embd // n_head)
-    head_dim_v = key("attention.value_length", n_embd // n_head)
-    n_ff = key("feed_forward_length", 0)
-    if isinstance(n_ff, list):
-        n_ff = max(n_ff)
+    if arch == "clip":
+        raise ModelError(f"{path.name} is a vision projector (mmproj), not a model",
+                         "name it under the model's mmproj: key in cluster.yaml")
+    h = _Header(head, arch, path.name)
+    n_layer = h.int("block_count") - h.int("nextn_predict_layers", 0)  # MTP heads are not loaded
+    if n_layer < 1:
+        raise h._bad("block_count", "leaves no layers besides the MTP heads")
+    n_embd = h.int("embedding_length")
+    heads = h.per_layer("attention.head_count", n_layer, 0)
+    n_head = max(heads)
+    n_head_kv = h.per_layer("attention.head_count_kv", n_layer, n_head)
+    n_ffs = h.per_layer("feed_forward_length", n_layer, 0)
+    head_dim_k = h.int("attention.key_length", n_embd // n_head if n_head else 1)
+    head_dim_v = h.int("attention.value_length", n_embd // n_head if n_head else 1)
+    head_dim_k_swa = h.int("attention.key_length_swa", head_dim_k)
+    head_dim_v_swa = h.int("attention.value_length_swa", head_dim_v)
+    mla = h.raw("attention.key_length_mla") is not None and h.raw("attention.value_length_mla") is not None
+    n_expert, n_expert_used = h.int("expert_count", 0), h.int("expert_used_count", 0)
+    if n_expert_used > n_expert:
+        raise h._bad("expert_used_count", f"is {n_expert_used}, more than the {n_expert} experts")
+    n_ff_exp = h.int("expert_feed_forward_length", 0)
+    kinds = arch_rules.layer_kinds(arch, n_layer, n_head_kv, n_ffs, h.raw)
+    conv, ssm = arch_rules.state_elems(arch, n_embd, h.raw)
+    if any(kinds.recurrent) and conv + ssm > 1 << 30:
+        raise ModelError(f"{path.name}: recurrent state of {conv + ssm} elements per layer",
+                         "the file is corrupt: convert it again")
 
     layer_bytes = [0] * n_layer
+    expert_bytes = [0] * n_layer
     tensors = {}
     n_params = 0
+    ssm_in_width = 0
     for reader in readers:
         for t in reader.tensors:
             n_params += int(t.n_elements)
             tensors[t.name] = int(t.n_bytes)
+            if t.name.endswith(".ssm_in.weight") and len(t.shape) > 1:
+                ssm_in_width = max(ssm_in_width, int(t.shape[1]))
             m = _LAYER.match(t.name)
             if m and int(m[1]) < n_layer:
                 layer_bytes[int(m[1])] += int(t.n_bytes)
+                if "_exps." in t.name:
+                    expert_bytes[int(m[1])] += int(t.n_bytes)
     if "token_embd.weight" not in tensors:
         raise ModelError(f"{path.name} has no token_embd.weight", "this GGUF is not a complete model")
     tied = "output.weight" not in tensors
-    output = tensors.get("output_norm.weight", 0) + tensors.get("output_norm.bias", 0)
-    output += tensors["token_embd.weight"] if tied else tensors["output.weight"]
-    vocab = key("vocab_size") or _field(head, "tokenizer.ggml.tokens", 0)
+    output = sum(b for n, b in tensors.items() if n in _OUTPUT_TENSORS)
+    output += tensors["token_embd.weight"] if tied else 0
+
+    layers = []
+    for il in range(n_layer):
+        swa = kinds.swa[il]
+        d_k, d_v = (head_dim_k_swa, head_dim_v_swa) if swa else (head_dim_k, head_dim_v)
+        kind = ("hybrid" if kinds.recurrent[il] and kinds.attention[il] else "recurrent" if kinds.recurrent[il]
+                else ("swa" if swa else "full") if kinds.attention[il] else "none")
+        k_elems = n_head_kv[il] * d_k if kinds.attention[il] else 0
+        v_elems = 0 if mla or not kinds.attention[il] else n_head_kv[il] * d_v
+        layers.append(LayerFacts(layer_bytes[il], expert_bytes[il], kind, heads[il], k_elems, v_elems,
+                                 0 if expert_bytes[il] else n_ffs[il]))
+    vocab = _field(head, f"{arch}.vocab_size") or _field(head, "tokenizer.ggml.tokens", 0)
     file_type = _field(head, "general.file_type")
     try:
         quant = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else "unknown"
-    except ValueError:
+    except (ValueError, TypeError):
         quant = f"type {file_type}"
     return ModelFacts(
         name=path.name, path=path, parts=parts, arch=arch,
-        title=str(_field(head, "general.name", path.stem)),
+        title=str(_field(head, "general.name", path.stem))[:200],
         file_bytes=sum(p.stat().st_size for p in parts), n_params=n_params, quant=quant,
-        n_layer=n_layer, n_ctx_train=key("context_length", 4096), n_embd=n_embd, n_head=n_head,
-        n_head_kv=n_head_kv, head_dim_k=head_dim_k, head_dim_v=head_dim_v, n_ff=n_ff, n_vocab=vocab,
-        n_expert=key("expert_count", 0), n_expert_used=key("expert_used_count", 0),
-        sliding_window=key("attention.sliding_window", 0), layer_bytes=tuple(layer_bytes),
-        output_bytes=output, input_bytes=tensors["token_embd.weight"], tied_output=tied,
+        n_layer=n_layer, n_ctx_train=h.int("context_length", 4096), n_embd=n_embd, n_head=n_head,
+        n_head_kv=n_head_kv, head_dim_k=head_dim_k, head_dim_v=head_dim_v, n_ff=max(n_ffs), n_vocab=int(vocab or 0),
+        n_expert=n_expert, n_expert_used=n_expert_used, sliding_window=kinds.n_swa if any(kinds.swa) else 0,
+        layer_bytes=tuple(layer_bytes), output_bytes=output, input_bytes=tensors["token_embd.weight"], tied_output=tied,
+        layers=tuple(layers), n_ff_exp=n_ff_exp or (max(n_ffs) // n_expert_used if n_expert_used else 0),
+        state_elems=(conv + ssm) if any(kinds.recurrent) else 0, mla=mla, ssm_in_width=ssm_in_width,
     )
 
 
 def list_models(models_dir: Path) -> list[ModelFacts]:
-    """Every model in models_dir; a split model counts once (its first part)."""
+    """Every model in models_dir; a split model counts once (its first part), projectors are skipped."""
     if not models_dir.is_dir():
         return []
-    firsts = []
+    out = []
     for p in sorted(models_dir.glob("*.gguf")):
         m = _PART.match(p.name)
         if m and int(m["idx"]) != 1:
             continue
-        firsts.append(p)
-    return [read_model(p) for p in firsts]
+        if not p.is_file():
+            raise ModelError(f"{p} is not a regular file", "remove it from models/ or replace it with the GGUF")
+        if _field(_open(p), "general.architecture") == "clip":
+            continue
+        out.append(read_model(p))
+    return out
+
+
+@dataclass(frozen=True)
+class ProjectorFacts:
+    """A vision projector (mmproj GGUF, architecture "clip") served with --mmproj."""
+
+    name: str
+    path: Path
+    weight_bytes: int
+    compute_bytes: int  # estimated from the vision tower's shape; only the weights are exact
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.compute_bytes
+
+
+def read_projector(path: Path) -> ProjectorFacts:
+    reader = _open(path)
+    if _field(reader, "general.architecture") != "clip":
+        raise ModelError(f"{path.name} is not a vision projector (general.architecture is not clip)",
+                         "point mmproj: at the mmproj-*.gguf file that belongs to the model")
+
+    def key(name: str) -> int:
+        value = _field(reader, f"clip.vision.{name}", 0)
+        return value if isinstance(value, int) and 0 <= value < 1 << 20 else 0
+
+    weights = sum(int(t.n_bytes) for t in reader.tensors)
+    patches = (key("image_size") // key("patch_size")) ** 2 if key("patch_size") else 0
+    # one image through the vision tower: activations and the widest FFN temporary, f32
+    compute = patches * (4 * key("embedding_length") + 3 * key("feed_forward_length")) * 4
+    return ProjectorFacts(path.name, path, weights, compute)

@@ -1,15 +1,17 @@
-"""Reading what llama-server really did from its -lv 4 log: per device the layers,
-and the model, KV and compute buffer sizes. Every RPC device is printed as
-"RPC0[host:port]", so devices are keyed by the endpoint in brackets."""
+"""Reading what llama-server really did from its -lv 4 log: per device the model,
+KV, recurrent-state and compute buffer sizes. Every RPC device is printed as
+"RPC0[host:port]", so devices are keyed by the endpoint in brackets; the
+master's own buffers ("CPU", "CPU_Mapped", ...) are summed under "host"."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-_BUFFER = re.compile(r"(?P<dev>\S+?)(?:\[(?P<ep>[^\]]+)\])? (?P<kind>model|KV|compute) buffer size = +(?P<mib>[\d.]+) MiB")
+_BUFFER = re.compile(r"(?P<dev>[A-Za-z_][\w]*?)(?:\[(?P<ep>[^\]]+)\])? (?P<kind>model|KV|RS|compute) buffer size = +(?P<mib>[\d.]+) MiB")
 _LAYER = re.compile(r"layer +(?P<il>\d+) assigned to device (?P<dev>\S+?)(?:\[(?P<ep>[^\]]+)\])?,")
 _MiB = 1024 * 1024
+_ATTR = {"model": "model_bytes", "KV": "kv_bytes", "RS": "rs_bytes", "compute": "compute_bytes"}
 
 
 @dataclass
@@ -17,11 +19,12 @@ class DeviceLog:
     name: str
     model_bytes: int = 0
     kv_bytes: int = 0
+    rs_bytes: int = 0
     compute_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.model_bytes + self.kv_bytes + self.compute_bytes
+        return self.model_bytes + self.kv_bytes + self.rs_bytes + self.compute_bytes
 
 
 @dataclass
@@ -30,22 +33,26 @@ class ServerLog:
     # device name of each layer in order, the output layer last (needs --verbosity 99);
     # every RPC device is named "RPC0" there, so this tells offloading, not which worker
     layer_devices: list[str]
+    host: DeviceLog = field(default_factory=lambda: DeviceLog("host"))  # the master's RAM
 
 
 def parse_server_log(text: str) -> ServerLog:
     devices: dict[str, DeviceLog] = {}
+    host = DeviceLog("host")
     layer_devices: list[str] = []
     for line in text.splitlines():
         m = _BUFFER.search(line)
         if m:
-            key = m["ep"] or m["dev"]
-            dev = devices.setdefault(key, DeviceLog(key))
             size = round(float(m["mib"]) * _MiB)
-            attr = {"model": "model_bytes", "KV": "kv_bytes", "compute": "compute_bytes"}[m["kind"]]
+            attr = _ATTR[m["kind"]]
+            if m["dev"].startswith("CPU") and not m["ep"]:
+                dev = host
+            else:
+                key = m["ep"] or m["dev"]
+                dev = devices.setdefault(key, DeviceLog(key))
             setattr(dev, attr, getattr(dev, attr) + size)
             continue
         m = _LAYER.search(line)
         if m:
             layer_devices.append(m["dev"])
-    offloaded = {k: v for k, v in devices.items() if not k.startswith("CPU")}
-    return ServerLog(offloaded, layer_devices)
+    return ServerLog(devices, layer_devices, host)

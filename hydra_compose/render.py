@@ -109,15 +109,32 @@ def render_dockerfiles(cfg: ClusterConfig, config_name: str, user_templates: Pat
     return files
 
 
+class Interpolated(str):
+    """A compose value whose ${VAR} we mean; every other '$' is written as '$$' so that
+    no value from cluster.yaml is ever interpolated by compose."""
+
+
 class _Dumper(yaml.SafeDumper):
     pass
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value.replace("$", "$$"))
+
+
+def _interpolated(dumper: yaml.SafeDumper, value: Interpolated) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(value))
 
 
 _Dumper.add_representer(str, _str)
+_Dumper.add_representer(Interpolated, _interpolated)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str  # what clients ask for (--alias)
+    file: str  # below models/
+    mmproj: str | None = None
 
 
 def _tag(ref: str) -> str:
@@ -167,8 +184,8 @@ def _labels(role: str, host: Host) -> dict:
 def _amd_access(render_nodes: list[str]) -> dict:
     """ROCm needs /dev/kfd, the render node(s) and the host's numeric video/render GIDs."""
     return {"devices": ["/dev/kfd", *render_nodes],
-            "group_add": ["${VIDEO_GID:?set VIDEO_GID in .env (getent group video)}",
-                          "${RENDER_GID:?set RENDER_GID in .env (getent group render)}"],
+            "group_add": [Interpolated("${VIDEO_GID:?set VIDEO_GID in .env (getent group video)}"),
+                          Interpolated("${RENDER_GID:?set RENDER_GID in .env (getent group render)}")],
             "security_opt": ["seccomp=unconfined"]}
 
 
@@ -198,11 +215,13 @@ def _worker_service(w: Worker, host: Host, source: BuildSource, cfg: ClusterConf
 
 
 def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: list[Worker],
-                    source: BuildSource, models_rel: str, model_name: str) -> dict:
+                    source: BuildSource, models_rel: str, served: ServedModel) -> dict:
     vendor = master_vendor(cfg)
     bind = master_bind(cfg)
-    command = ["-m", f"/models/{plan.model.name}", "--alias", model_name, "--host", bind,
+    command = ["-m", f"/models/{served.file}", "--alias", served.name, "--host", bind,
                "--port", str(cfg.master.port), "--metrics", *plan.llama_server_args()]
+    if served.mmproj:
+        command += ["--mmproj", f"/models/{served.mmproj}"]
     svc: dict = {"image": _image(vendor, "server", source), "build": _build(vendor, "server", source, cfg),
                  # the supervisor restarts llama-server when a worker restarts (it never reconnects)
                  "entrypoint": ["/bin/bash", "/hydra/supervise.sh"], "command": command}
@@ -212,16 +231,18 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
             {"driver": "nvidia", "device_ids": [str(d.slot.device.index or 0) for d in gpus], "capabilities": ["gpu"]}]}}}
     elif vendor == "amd" and gpus:
         svc.update(_amd_access(["/dev/dri"]))
-    environment = {"LLAMA_ARG_LOG_VERBOSITY": "${LLAMA_ARG_LOG_VERBOSITY:-3}"}
+    environment = {"LLAMA_ARG_LOG_VERBOSITY": Interpolated("${LLAMA_ARG_LOG_VERBOSITY:-3}")}
     if cfg.master.api_key:
-        environment["LLAMA_API_KEY"] = "${LLAMA_API_KEY:?set LLAMA_API_KEY in .env}"
+        environment["LLAMA_API_KEY"] = Interpolated("${LLAMA_API_KEY:?set LLAMA_API_KEY in .env}")
     health = f"{master_url(cfg)}/health"
     svc.update({
         "environment": environment,
         "network_mode": "host",
         "restart": "unless-stopped",
         "volumes": [f"{models_rel}:/models:ro", "./supervise.sh:/hydra/supervise.sh:ro"],
-        "healthcheck": {"test": ["CMD", "bash", "-c", f"curl -fsS {health} && ! test -e /tmp/hydra-stalled"],
+        # the URL is an argument of the script, never part of it
+        "healthcheck": {"test": ["CMD", "bash", "-c", 'curl -fsS -- "$1" && ! test -e /tmp/hydra-stalled',
+                                 "healthcheck", health],
                         "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "300s"},
         "labels": _labels("master", host),
     })
@@ -230,12 +251,12 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
     return svc
 
 
-def render_compose(cfg: ClusterConfig, plan: Plan, model_name: str, host: Host, config_name: str,
+def render_compose(cfg: ClusterConfig, plan: Plan, served: ServedModel, host: Host, config_name: str,
                    source: BuildSource, models_rel: str) -> str:
     workers = [w for w in rpc_workers(cfg) if w.host == host.name]
     services = {w.service: _worker_service(w, host, source, cfg) for w in workers}
     if host.name == cfg.master.host:
-        services["llama-server"] = _master_service(cfg, plan, host, workers, source, models_rel, model_name)
+        services["llama-server"] = _master_service(cfg, plan, host, workers, source, models_rel, served)
     doc: dict = {"name": f"{cfg.cluster.name}-{host.name.lower().replace('.', '-')}", "services": services}
     if workers:
         doc["volumes"] = {"rpc-cache": {}}

@@ -41,6 +41,8 @@ DEFAULT_GPU_BANDWIDTH_GBS = 400.0
 CPU_GBS_PER_THREAD = 20.0
 CPU_MAX_GBS = 80.0
 DEFAULT_CPU_THREADS = 4
+# The master host's RAM when it runs MoE experts (llama-server's CPU backend, all its cores).
+HOST_RAM_GBS = 40.0
 
 # Fixed cost of one RPC device per generated token (round trips on loopback, measured).
 RPC_FIXED_S = 1.2e-3

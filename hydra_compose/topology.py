@@ -31,6 +31,11 @@ class Worker:
     def endpoint(self) -> str:
         return f"{self.address}:{self.port}"
 
+    @property
+    def device_label(self) -> str:
+        """Which of a worker's devices this is, when one ggml-rpc-server serves several."""
+        return ""
+
 
 def master_vendor(cfg: ClusterConfig) -> str:
     """The GPU vendor of llama-server's image: that of the master host's first GPU, else cpu."""

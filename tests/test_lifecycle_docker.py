@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from hydra_compose.synthetic import TEST_SHAPES, write_llama_gguf
+from hydra_compose.synthetic import TEST_SHAPES, write_gguf
 from test_e2e_docker import SOURCE, cpu_project, hydra_containers  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.docker
@@ -89,7 +89,7 @@ def test_lifecycle_and_recovery(cpu_project):  # noqa: F811
     cfg["master"]["api_key"] = True
     cfg["models"]["smollm2"].update(parallel=4, ctx=4096)
     cfg["models"]["tiny"] = {"file": "tiny.gguf", "ctx": 2048, "parallel": 1, "split": "all"}
-    write_llama_gguf(proj / "models" / "tiny.gguf", TEST_SHAPES[0])
+    write_gguf(proj / "models" / "tiny.gguf", TEST_SHAPES[0])
     (proj / "cluster.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     hc(proj, "generate")
     key = re.search(r"^LLAMA_API_KEY=(\S+)$", (proj / "compose" / "local" / ".env").read_text(), re.M)[1]

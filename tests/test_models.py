@@ -11,7 +11,7 @@ import numpy as np
 
 from conftest import run_cli
 from hydra_compose.gguf_facts import read_model
-from hydra_compose.synthetic import TEST_SHAPES, LlamaShape, write_llama_gguf
+from hydra_compose.synthetic import TEST_SHAPES, ModelShape, write_gguf
 
 
 def test_facts_of_synthetic_shapes(model_dir):
@@ -41,9 +41,9 @@ def test_models_json_lists_every_model(tmp_path, model_dir):
     assert r.returncode == 0 and "gqa-q8" in r.stdout
 
 
-def _write_split(path_stem: Path, shape: LlamaShape) -> list[Path]:
+def _write_split(path_stem: Path, shape: ModelShape) -> list[Path]:
     """A two-part model written by gguf's own splitter conventions (split.* keys)."""
-    whole = write_llama_gguf(path_stem.with_suffix(".whole"), shape)
+    whole = write_gguf(path_stem.with_suffix(".whole"), shape)
     reader = gguf.GGUFReader(whole)
     names = [t.name for t in reader.tensors]
     half = len(names) // 2
@@ -86,9 +86,9 @@ def test_split_model_counts_once(tmp_path):
 
 
 def test_header_read_is_fast_with_a_big_vocabulary(tmp_path):
-    shape = LlamaShape("bigvocab", n_layer=2, n_embd=64, n_head=2, n_head_kv=1, n_ff=128, n_vocab=152_064,
+    shape = ModelShape("bigvocab", n_layer=2, n_embd=64, n_head=2, n_head_kv=1, n_ff=128, n_vocab=152_064,
                        weight_type="f16")
-    path = write_llama_gguf(tmp_path / "bigvocab.gguf", shape)
+    path = write_gguf(tmp_path / "bigvocab.gguf", shape)
     start = time.perf_counter()
     m = read_model(path)
     elapsed = time.perf_counter() - start

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import ClusterConfig, ModelEntry, load_config
 from ..errors import ConfigError, ModelError
-from ..gguf_facts import ModelFacts, read_model
+from ..gguf_facts import ModelFacts, ProjectorFacts, read_model, read_projector
 
 
 @dataclass(frozen=True)
@@ -38,17 +38,39 @@ class Project:
         if by_file:
             return by_file[0], models[by_file[0]]
         if name.endswith(".gguf"):
-            return Path(name).stem, ModelEntry(file=name)
+            try:
+                entry = ModelEntry(file=name)
+            except ValueError as exc:
+                raise ConfigError(f"-m {name}: {str(exc).splitlines()[-1].strip()}",
+                                  "name a .gguf file below models/") from None
+            return _entry_name(Path(name).stem), entry
         known = ", ".join(models) or "none"
         raise ConfigError(f"model {name!r} is not in cluster.yaml (known: {known})",
                           "pass one of those names, or a .gguf file name from models/")
 
-    def model_facts(self, entry: ModelEntry) -> ModelFacts:
-        path = Path(entry.file)
-        path = path if path.is_absolute() else self.models_dir / path
+    def model_file(self, relative: str) -> Path:
+        """A file named in cluster.yaml, which must stay inside models/ (links included)."""
+        path = self.models_dir / relative
         if not path.exists():
             raise ModelError(f"model file {path} not found", f"put the GGUF into {self.models_dir}/")
-        return read_model(path)
+        if self.models_dir.resolve() not in path.resolve().parents:
+            # models/ is mounted read-only into the master: a link out of it would be broken there
+            raise ModelError(f"{relative} is a link to a file outside {self.models_dir}",
+                             "copy or hard-link the file into models/")
+        return path
+
+    def model_facts(self, entry: ModelEntry) -> ModelFacts:
+        return read_model(self.model_file(entry.file))
+
+    def projector_facts(self, entry: ModelEntry) -> ProjectorFacts | None:
+        return read_projector(self.model_file(entry.mmproj)) if entry.mmproj else None
+
+
+def _entry_name(stem: str) -> str:
+    """A model name (the --alias) from a file name: safe characters only."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._:-]", "-", stem)[:64].lstrip("-._:") or "model"
 
 
 def open_project(config_path: Path) -> Project:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..plan import Plan, PlanOptions, make_plan
-from ..render import RenderedFile, build_source, render_compose, render_dockerfiles, render_env, render_supervisor
+from ..render import (RenderedFile, ServedModel, build_source, render_compose, render_dockerfiles, render_env,
+                      render_supervisor)
 from ..writer import write_files
 from .context import Project
 
@@ -30,7 +31,7 @@ def existing_key(env_file: Path) -> str | None:
     return None
 
 
-def render_all(project: Project, out_dir: Path, model_name: str, plan: Plan) -> list[RenderedFile]:
+def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan) -> list[RenderedFile]:
     cfg = project.config
     config_name = os.path.relpath(project.config_path.resolve(), out_dir.resolve())
     files = render_dockerfiles(cfg, project.config_path.name, project.root / "templates")
@@ -39,7 +40,7 @@ def render_all(project: Project, out_dir: Path, model_name: str, plan: Plan) -> 
         source = build_source(cfg, out_dir.resolve(), project.root, compose_dir.resolve())
         models_rel = os.path.relpath(project.models_dir, compose_dir.resolve())
         files.append(RenderedFile(f"compose/{host.name}/docker-compose.yml",
-                                  render_compose(cfg, plan, model_name, host, config_name, source, models_rel)))
+                                  render_compose(cfg, plan, served, host, config_name, source, models_rel)))
         if host.name == cfg.master.host:
             files.append(RenderedFile(f"compose/{host.name}/supervise.sh", render_supervisor(), mode=0o755))
         key = None
@@ -53,8 +54,8 @@ def run(project: Project, model: str | None, out_dir: Path | None, force: bool,
         **overrides: object) -> GenerateResult:
     name, entry = project.model_entry(model)
     facts = project.model_facts(entry)
-    plan = make_plan(project.config, facts, PlanOptions.from_entry(entry, **overrides))
+    plan = make_plan(project.config, facts, PlanOptions.from_entry(entry, **overrides), project.projector_facts(entry))
     out = out_dir or project.root
-    files = render_all(project, out, name, plan)
+    files = render_all(project, out, ServedModel(name, entry.file, entry.mmproj), plan)
     changed = write_files(out, files, force)
     return GenerateResult(out, name, plan, tuple(f.path for f in files), tuple(changed))

@@ -1,0 +1,95 @@
+"""The search: contiguous layer ranges per device that fit and decode fastest.
+
+Exact dynamic programme over (device, items covered, devices used so far). Items
+are llama.cpp's: the repeating layers, then the output layer. Memory per range
+comes from memory.DeviceMemory; time per range from the device's bandwidth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .memory import PIPELINE_COPIES, DeviceMemory
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One device as llama.cpp numbers it."""
+
+    id: str
+    host: str
+    kind: str  # "rpc" | "local"
+    vendor: str
+    endpoint: str | None
+    budget_bytes: int
+    reserve_bytes: int
+    bandwidth_gbs: float
+    overhead_s: float
+    device: object  # config.Device
+
+
+Ranges = list[tuple[int, int]]
+
+
+def copies_for(n_used: int, overrides: bool) -> int:
+    """llama.cpp turns pipeline parallelism on for several devices, unless tensors are overridden."""
+    return PIPELINE_COPIES if n_used > 1 and not overrides else 1
+
+
+def _time(slot: Slot, mem: DeviceMemory, a: int, b: int) -> float:
+    return mem.active_bytes(a, b) / (slot.bandwidth_gbs * 1e9) + slot.overhead_s
+
+
+def search(slots: list[Slot], mem: DeviceMemory, n_used_min: int, n_used_max: int, objective: str,
+           overrides: bool, every_slot: bool = False) -> tuple[float, Ranges] | None:
+    """Best contiguous ranges (one per slot, possibly empty) covering every item.
+
+    objective "sum": total decode time; "max": the slowest device's time.
+    every_slot: no slot may stay empty (split: all).
+    """
+    n_items = mem.n_items
+    copies = copies_for(n_used_max, overrides)
+    # state: (items covered, used count capped at 2: first device / more than one) -> (cost, ranges)
+    states: dict[tuple[int, int], tuple[float, Ranges]] = {(0, 0): (0.0, [])}
+    for slot in slots:
+        nxt: dict[tuple[int, int], tuple[float, Ranges]] = {}
+        for (a, used), (cost, ranges) in states.items():
+            if not every_slot:
+                best = nxt.get((a, used))  # this slot left empty
+                if best is None or cost < best[0]:
+                    nxt[(a, used)] = (cost, ranges + [(a, a)])
+            if used >= n_used_max:
+                continue
+            first = used == 0
+            peak = 0
+            for b in range(a + 1, n_items + 1):
+                peak = max(peak, mem.temp[b - 1])
+                if mem.total(a, b, first, copies, peak) > slot.budget_bytes:
+                    break
+                t = _time(slot, mem, a, b)
+                new_cost = cost + t if objective == "sum" else max(cost, t)
+                key = (b, min(used + 1, 2))
+                best = nxt.get(key)
+                if best is None or new_cost < best[0] - 1e-15:
+                    nxt[key] = (new_cost, ranges + [(a, b)])
+        states = nxt
+    done = [(c, r) for (a, used), (c, r) in states.items()
+            if a == n_items and sum(1 for x, y in r if y > x) >= n_used_min]
+    return min(done, key=lambda cr: cr[0]) if done else None
+
+
+def best(slots: list[Slot], mem: DeviceMemory, split: str, overrides: bool) -> tuple[float, Ranges] | None:
+    """Best arrangement: on one device or on several (their pipeline copies priced); split
+    "all" puts layers on every device, balancing the slowest one."""
+    if split == "all":
+        if len(slots) == 1:
+            return search(slots, mem, 1, 1, "max", overrides, every_slot=True)
+        return search(slots, mem, len(slots), len(slots), "max", overrides, every_slot=True)
+    found = [r for r in (search(slots, mem, 1, 1, "sum", overrides),
+                         search(slots, mem, 2, len(slots), "sum", overrides) if len(slots) > 1 else None)
+             if r is not None]
+    return min(found, key=lambda cr: cr[0]) if found else None
+
+
+def predicted_token_s(slots: list[Slot], mem: DeviceMemory, ranges: Ranges) -> float:
+    return sum(_time(slot, mem, a, b) for slot, (a, b) in zip(slots, ranges) if b > a)
