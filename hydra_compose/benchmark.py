@@ -102,23 +102,66 @@ def run_once(client: httpx.Client, opts: BenchOptions, stream_id: int = 0) -> Ru
         for line in resp.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            data = json.loads(line[6:])
+            data = _chunk(line[6:], opts.url)
             timings = data.get("timings") or timings
             usage = data.get("usage") or usage
-            for choice in data.get("choices", []):
-                if choice.get("delta", {}).get("content"):
+            for choice in data.get("choices") or []:
+                if isinstance(choice, dict) and (choice.get("delta") or {}).get("content"):
                     now = time.perf_counter()
                     first = first or now
                     last = now
                     chunks += 1
     if first is None or last is None:
         raise BenchError(f"{opts.url} streamed no tokens", "check that the model loaded (/health, /v1/models)")
-    tokens = int(usage.get("completion_tokens") or timings.get("predicted_n") or chunks)
-    decode = (tokens - 1) / (last - first) if last > first else 0.0
-    pp = timings.get("prompt_per_second")
-    return RunResult(ttft_s=first - start, tg_tokens_per_s=decode, pp_tokens_per_s=pp,
-                     server_tg_tokens_per_s=timings.get("predicted_per_second"), completion_tokens=tokens,
+    tokens = int(_number(usage.get("completion_tokens")) or _number(timings.get("predicted_n")) or chunks)
+    if tokens < 2 or last <= first:
+        raise BenchError(f"{opts.url} streamed {tokens} token(s): too few to time decoding",
+                         "raise --max-tokens, or check that the server honours ignore_eos")
+    decode = (tokens - 1) / (last - first)
+    return RunResult(ttft_s=first - start, tg_tokens_per_s=decode, pp_tokens_per_s=_number(timings.get("prompt_per_second")),
+                     server_tg_tokens_per_s=_number(timings.get("predicted_per_second")), completion_tokens=tokens,
                      stream=stream_id)
+
+
+def _chunk(text: str, url: str) -> dict:
+    """One streamed event: a JSON object with dict fields, or a one-line error."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise BenchError(f"{url} streamed something that is not JSON: {text[:60]!r}",
+                         "point --url at an OpenAI-compatible server (llama-server)") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k) or {}, dict) for k in ("timings", "usage")):
+        raise BenchError(f"{url} streamed an unexpected event: {text[:60]!r}",
+                         "point --url at an OpenAI-compatible server (llama-server)")
+    if "error" in data:
+        raise BenchError(f"{url} reported an error: {str(data['error'])[:100]}", "check the server's log")
+    return data
+
+
+def _number(value: object) -> float | None:
+    """A finite, non-negative number from a server's JSON, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e12:
+        return None
+    return float(value)
+
+
+def served_model(url: str, api_key: str | None, timeout_s: float) -> str:
+    """The model a server answers to, from its /v1/models."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/v1/models", headers=headers, timeout=timeout_s)
+    except httpx.HTTPError:
+        raise BenchError(f"cannot reach {url}", "start the cluster (hydra-compose up) or check --url") from None
+    if r.status_code != 200:
+        raise BenchError(f"{url}/v1/models answered {r.status_code}", "check --url and the API key, or pass --model")
+    try:
+        data = r.json().get("data")
+        model = data[0]["id"]
+    except (ValueError, AttributeError, TypeError, IndexError, KeyError):
+        raise BenchError(f"{url}/v1/models did not list a model", "pass --model NAME") from None
+    if not isinstance(model, str) or not model:
+        raise BenchError(f"{url}/v1/models did not list a model", "pass --model NAME")
+    return model
 
 
 def run_benchmark(opts: BenchOptions, progress: Callable[[int], None] | None = None) -> BenchResult:

@@ -15,7 +15,7 @@ import typer
 
 from .errors import HydraError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Turn mixed GPU and CPU machines into one OpenAI-compatible llama.cpp endpoint.")
 
 _state: dict[str, Optional[Path]] = {"config": None}
@@ -301,15 +301,17 @@ def logs(host: Optional[str] = typer.Argument(None, help="Host (default: the mas
     raise typer.Exit(lifecycle.logs(project, host or project.config.master.host, service, follow))
 
 
-bench_app = typer.Typer(help="Long-generation benchmarks and power-limit sweeps.", invoke_without_command=True)
+bench_app = typer.Typer(help="Long-generation benchmarks and power-limit sweeps.", invoke_without_command=True,
+                        rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
 _URL = typer.Option(None, "--url", help="OpenAI-compatible base URL (default: the master of cluster.yaml).")
 _BMODEL = typer.Option(None, "--model", help="Model name the server answers to (default: the default model).")
-_RUNS = typer.Option(3, "--runs", min=1, help="Runs (per stream with --concurrency).")
-_MAXT = typer.Option(2048, "--max-tokens", min=2, help="Tokens generated per run (forced to full length).")
-_PTOK = typer.Option(128, "--prompt-tokens", min=1, help="Approximate prompt length in tokens.")
-_CONC = typer.Option(1, "--concurrency", min=1, help="Parallel streams (for --parallel slots).")
+_RUNS = typer.Option(3, "--runs", min=1, max=10000, help="Runs (per stream with --concurrency).")
+_MAXT = typer.Option(2048, "--max-tokens", min=2, max=1 << 20, help="Tokens generated per run (forced to full length).")
+_PTOK = typer.Option(128, "--prompt-tokens", min=1, max=1 << 20, help="Approximate prompt length in tokens.")
+_CONC = typer.Option(1, "--concurrency", min=1, max=256, help="Parallel streams (for --parallel slots).")
+_TIMEOUT = typer.Option(600.0, "--timeout", min=1, max=86400, help="Seconds one generation may take.")
 
 
 def _optional_project():  # noqa: ANN202
@@ -318,17 +320,17 @@ def _optional_project():  # noqa: ANN202
     return _project() if config_path(_state["config"]).exists() else None
 
 
-def _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency):  # noqa: ANN001, ANN202
+def _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout):  # noqa: ANN001, ANN202
     from .commands import bench as cmd
 
     project = _optional_project() if url is None or model is None else None
     return cmd.options(project, url, model, runs=runs, max_tokens=max_tokens, prompt_tokens=prompt_tokens,
-                       concurrency=concurrency)
+                       concurrency=concurrency, timeout_s=timeout)
 
 
 @bench_app.callback()
 def bench(ctx: typer.Context, url: Optional[str] = _URL, model: Optional[str] = _BMODEL, runs: int = _RUNS,
-          max_tokens: int = _MAXT, prompt_tokens: int = _PTOK, concurrency: int = _CONC,
+          max_tokens: int = _MAXT, prompt_tokens: int = _PTOK, concurrency: int = _CONC, timeout: float = _TIMEOUT,
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (versioned)."),
           out: Optional[Path] = typer.Option(None, "--out", help="Write bench.json and bench.csv here.")) -> None:
     """Stream long generations and report TTFT, decode and prompt tok/s (client and server)."""
@@ -339,15 +341,16 @@ def bench(ctx: typer.Context, url: Optional[str] = _URL, model: Optional[str] = 
     from .benchmark import run_benchmark
     from .commands import bench as cmd
 
-    opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency)
+    opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout)
     total = runs * concurrency
     with Progress(transient=True, disable=as_json) as progress:
         task = progress.add_task(f"{opts.model} @ {opts.url}", total=total)
         result = run_benchmark(opts, lambda n: progress.advance(task, n))
-    if out:
+    if out and result.runs:
         cmd.write_bench(result, out)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
+        cmd.check_runs(result)
         return
     from rich.table import Table
 
@@ -362,6 +365,7 @@ def bench(ctx: typer.Context, url: Optional[str] = _URL, model: Optional[str] = 
     tg = summary["tg_tokens_per_s"]
     o.print(f"decode tok/s median {tg['median']} (min {tg['min']}, max {tg['max']}); errors {result.errors}"
             + (f"; aggregate {summary['aggregate_tokens_per_s']} tok/s" if "aggregate_tokens_per_s" in summary else ""))
+    cmd.check_runs(result)
 
 
 @bench_app.command("power-sweep")
@@ -370,7 +374,8 @@ def power_sweep(gpu: list[str] = typer.Option(..., "--gpu", help="HOST:INDEX (a 
                 out: Path = typer.Option(..., "--out", help="Directory for CSV, JSON, Markdown and PNG plots."),
                 settle: float = typer.Option(3.0, "--settle", min=0, help="Seconds to wait after setting a limit."),
                 url: Optional[str] = _URL, model: Optional[str] = _BMODEL, runs: int = _RUNS,
-                max_tokens: int = _MAXT, prompt_tokens: int = _PTOK, concurrency: int = _CONC) -> None:
+                max_tokens: int = _MAXT, prompt_tokens: int = _PTOK, concurrency: int = _CONC,
+                timeout: float = _TIMEOUT) -> None:
     """Benchmark at each power limit; the original limits are always restored."""
     from .commands import bench as cmd
     from .errors import UsageError
@@ -379,7 +384,7 @@ def power_sweep(gpu: list[str] = typer.Option(..., "--gpu", help="HOST:INDEX (a 
         watts = [float(x) for x in limits.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"--limits {limits} is not a list of watts", "write it like 160,190,225") from None
-    opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency)
+    opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout)
     gpus = cmd.gpus_for(_optional_project(), gpu)
     o = _console()
     try:

@@ -75,8 +75,8 @@ class ClusterSection(Strict):
     @field_validator("name")
     @classmethod
     def _compose_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v):
-            raise ValueError("use lowercase letters, digits, '-' and '_' (it names the compose projects)")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", v):
+            raise ValueError("use up to 40 lowercase letters, digits, '-' and '_' (it names the compose projects)")
         return v
 
 

@@ -7,6 +7,7 @@ so remote hosts need nothing installed beyond their GPU driver tools.
 from __future__ import annotations
 
 import importlib.resources
+import ipaddress
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ class HostReport:
     disk_free_mib: int | None = None
     docker: dict = field(default_factory=dict)
     kfd: bool = False
+    amd_cdi: bool = False  # the AMD container toolkit's CDI spec is installed
     video_gid: int | None = None
     render_gid: int | None = None
     devices: list[GpuInfo] = field(default_factory=list)
@@ -43,7 +45,7 @@ class HostReport:
     def to_json(self) -> dict:
         return {"name": self.name, "target": self.target.label, "address": self.address,
                 "addresses": self.addresses, "cpu_cores": self.cpu_cores, "ram_mib": self.ram_mib,
-                "disk_free_mib": self.disk_free_mib, "docker": self.docker, "kfd": self.kfd,
+                "disk_free_mib": self.disk_free_mib, "docker": self.docker, "kfd": self.kfd, "amd_cdi": self.amd_cdi,
                 "video_gid": self.video_gid, "render_gid": self.render_gid,
                 "devices": [d.to_json() for d in self.devices], "notes": self.notes}
 
@@ -104,12 +106,34 @@ def _lan_address(addresses: list[str]) -> str | None:
     return good[0] if good else (addresses[0] if addresses else None)
 
 
+def _ipv4(value: str) -> bool:
+    from .safe_values import address
+
+    try:
+        return ipaddress.ip_address(address(value)).version == 4
+    except ValueError:
+        return False
+
+
+def _host_name(raw: str, fallback: str) -> str:
+    """A machine's hostname as a cluster.yaml host name (it names a directory): safe characters only."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", raw.strip().split(".")[0])[:63].strip("-.")
+    return name or re.sub(r"[^A-Za-z0-9_.-]", "-", fallback.split("@")[-1].split(":")[0])[:63].strip("-.") or "host"
+
+
+def plain_text(value: str, limit: int = 128) -> str:
+    """Free text from another machine's tools: printable, one line, bounded."""
+    return re.sub(r"[\x00-\x1f\x7f]", "", value).strip()[:limit]
+
+
 def parse_report(target: InspectTarget, text: str) -> HostReport:
     s = sections(text)
     rep = HostReport(target)
-    rep.name = (s.get("hostname") or "").strip() or target.label
-    rep.addresses = [a for a in (s.get("addresses") or "").split() if a]
+    rep.name = _host_name(s.get("hostname") or "", target.label)
+    # only addresses the master can dial: another machine's output is never trusted as is
+    rep.addresses = [a for a in (s.get("addresses") or "").split() if _ipv4(a)]
     rep.address = _lan_address(rep.addresses)
+    rep.amd_cdi = "amd.com/gpu" in (s.get("cdi") or "")
     rep.cpu_cores = _first_int(s.get("cores", ""))
     kib = _first_int(s.get("meminfo", ""))
     rep.ram_mib = kib // 1024 if kib else None

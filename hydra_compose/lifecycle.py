@@ -129,8 +129,12 @@ def containers(stack: Stack) -> dict[str, dict]:
     if r.returncode != 0:
         return {}
     text = r.stdout.strip()
-    rows = json.loads(text) if text.startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
-    return {row["Service"]: row for row in rows}
+    try:
+        rows = json.loads(text) if text.startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+        return {row["Service"]: row for row in rows if isinstance(row, dict) and isinstance(row.get("Service"), str)}
+    except (ValueError, TypeError):
+        raise ClusterError(f"docker compose ps on {stack.host.name} printed something unexpected",
+                           "check the docker and compose versions (docker compose version)") from None
 
 
 def image_ref(stack: Stack, image: str) -> str | None:
@@ -139,7 +143,12 @@ def image_ref(stack: Stack, image: str) -> str | None:
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
         return None
-    return (json.loads(r.stdout.strip() or "null") or {}).get(REF_LABEL)
+    try:
+        labels = json.loads(r.stdout.strip() or "null") or {}
+    except ValueError:
+        return None
+    ref = labels.get(REF_LABEL) if isinstance(labels, dict) else None
+    return ref if isinstance(ref, str) else None
 
 
 def _public(address: str) -> bool:
@@ -163,7 +172,15 @@ class Status:
 def _compose_services(stack: Stack) -> dict:
     import yaml
 
-    return yaml.safe_load(stack.compose_file.read_text()).get("services", {})
+    try:
+        doc = yaml.safe_load(stack.compose_file.read_text())
+        services = doc.get("services") if isinstance(doc, dict) else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        services = None
+    if not isinstance(services, dict) or not all(isinstance(v, dict) for v in services.values()):
+        raise ClusterError(f"{stack.compose_file} is not a compose file hydra-compose wrote",
+                           "run `hydra-compose generate` (with --force if you edited it)")
+    return services
 
 
 def status(project, api_key: str | None) -> Status:  # noqa: ANN001
@@ -199,28 +216,12 @@ def status(project, api_key: str | None) -> Status:  # noqa: ANN001
     m: dict = {"host": cfg.master.host, "port": cfg.master.port, "url": url, "state": ps.get("State", "missing"),
                "health": ps.get("Health") or None, "healthy": False, "model": None}
     command = server.get("command", [])
-    if "--tensor-split" in command:
-        m["tensor_split"] = [int(x) for x in command[command.index("--tensor-split") + 1].split(",")]
-    if "--rpc" in command:
+    command = [str(x) for x in command] if isinstance(command, list) else []
+    if "--tensor-split" in command[:-1]:
+        m["tensor_split"] = [int(x) if x.isdigit() else x for x in command[command.index("--tensor-split") + 1].split(",")]
+    if "--rpc" in command[:-1]:
         m["rpc"] = command[command.index("--rpc") + 1].split(",")
-    try:
-        with httpx.Client(base_url=url, headers=headers, timeout=3) as client:
-            m["healthy"] = client.get("/health").status_code == 200
-            if m["healthy"]:
-                models = client.get("/v1/models").json().get("data", [])
-                m["model"] = models[0]["id"] if models else None
-                try:
-                    slots = client.get("/slots", timeout=4).json()
-                    m["slots"] = len(slots)
-                    m["slots_processing"] = sum(1 for s in slots if s.get("is_processing"))
-                except (httpx.HTTPError, ValueError):
-                    m["slots"] = None
-                metrics = client.get("/metrics", timeout=4)
-                hit = re.search(r"^llamacpp:predicted_tokens_seconds (\S+)$", metrics.text, re.M)
-                if hit:
-                    m["predicted_tokens_per_s"] = round(float(hit[1]), 2)
-    except httpx.HTTPError:
-        pass
+    m.update(_master_answers(url, headers))
     if m["state"] == "running":
         # the supervisor's marker is immediate; Docker's health status follows after its retries
         marker = master_stack.compose("exec", "-T", "llama-server", "test", "-e", "/tmp/hydra-stalled", timeout=30)
@@ -239,6 +240,38 @@ def status(project, api_key: str | None) -> Status:  # noqa: ANN001
             st.warnings.append(f"worker {w['endpoint']} on {w['host']} does not accept connections")
     st.master = m
     return st
+
+
+def _master_answers(url: str, headers: dict) -> dict:
+    """Health, model, slots and speed as the master reports them; whatever it answers, never a crash."""
+    out: dict = {"healthy": False}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=3) as client:
+            out["healthy"] = client.get("/health").status_code == 200
+            if not out["healthy"]:
+                return out
+            try:
+                data = client.get("/v1/models").json().get("data")
+                out["model"] = data[0]["id"] if isinstance(data, list) and data and isinstance(data[0], dict) else None
+            except (ValueError, AttributeError, KeyError):
+                out["model"] = None
+            try:
+                slots = client.get("/slots", timeout=4).json()
+                if isinstance(slots, list):
+                    out["slots"] = len(slots)
+                    out["slots_processing"] = sum(1 for x in slots if isinstance(x, dict) and x.get("is_processing"))
+            except ValueError:
+                out["slots"] = None
+            metrics = client.get("/metrics", timeout=4)
+            hit = re.search(r"^llamacpp:predicted_tokens_seconds ([0-9.eE+-]+)$", metrics.text, re.M)
+            if hit:
+                try:
+                    out["predicted_tokens_per_s"] = round(float(hit[1]), 2)
+                except ValueError:
+                    pass
+    except httpx.HTTPError:
+        pass
+    return out
 
 
 def swap(project, model: str, report: Callable[[str], None]) -> dict:  # noqa: ANN001

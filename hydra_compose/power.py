@@ -30,9 +30,15 @@ class PowerError(HydraError):
 
 def ssh_destination(spec: str) -> tuple[str, str | None]:
     """'ssh://user@host:port', 'user@host:port' or 'user@host' -> (user@host, port)."""
+    from .safe_values import ssh_target
+
     m = re.fullmatch(r"(?:ssh://)?(?P<dest>[^:/]+)(?::(?P<port>\d+))?/?", spec)
-    if not m:
-        raise PowerError(f"ssh target {spec!r} is not user@host[:port]", "write it like ssh://root@10.0.0.2:22")
+    try:
+        if not m:
+            raise ValueError
+        ssh_target(spec.rstrip("/"))  # no options smuggled in as a host ("-oProxyCommand=...")
+    except ValueError:
+        raise PowerError(f"ssh target {spec!r} is not user@host[:port]", "write it like ssh://root@10.0.0.2:22") from None
     return m["dest"], m["port"]
 
 
@@ -42,7 +48,7 @@ def ssh_argv(spec: str, remote_command: str, connect_timeout_s: float = 5) -> li
     config = os.environ.get("HYDRA_SSH_CONFIG")
     return ["ssh", *(["-F", config] if config else []), "-o", "BatchMode=yes",
             "-o", f"ConnectTimeout={max(1, int(connect_timeout_s))}", *(["-p", port] if port else []),
-            dest, remote_command]
+            "--", dest, remote_command]
 
 
 @dataclass(frozen=True)

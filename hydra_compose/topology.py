@@ -84,6 +84,14 @@ def rpc_workers(cfg: ClusterConfig) -> list[Worker]:
             workers.append(Worker(host=host.name, address=host.address, bind=host.bind or host.address,
                                   port=port, device=dev, ordinal=ordinal))
             ordinal += 1
+    services: dict[tuple[str, str], Worker] = {}
+    for w in workers:
+        other = services.get((w.host, w.service))
+        if other is not None:  # one would silently replace the other in the compose file
+            raise ConfigError(f"two devices on {w.host} would both be served as {w.service} "
+                              f"(ports {other.port} and {w.port})",
+                              "give every GPU its index: (inspect --write fills them in)")
+        services[(w.host, w.service)] = w
     seen: dict[str, str] = {}
     for w in workers:
         if w.endpoint in seen and seen[w.endpoint] != w.host:

@@ -2,72 +2,143 @@
 
 A manifest (.hydra-generated.json) records the hash of every file as generate
 wrote it. A file whose current hash differs from the manifest was edited by
-hand and is only replaced with --force.
+hand and is only replaced with --force. Every file of every host is staged
+first and every target checked; then the files are moved into place, and if a
+move still fails the ones already moved are put back. A lock keeps two
+generate runs from interleaving.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import OutputError
 from .render import RenderedFile
 
 MANIFEST = ".hydra-generated.json"
+LOCK = ".hydra-generate.lock"
 
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[str]:
-    """Writes files under out_dir; returns the paths that changed."""
-    manifest_path = out_dir / MANIFEST
+def _cannot_write(out_dir: Path, exc: OSError) -> OutputError:
+    return OutputError(f"cannot write to {out_dir}: {exc.strerror}",
+                       "choose a writable directory with -o, or fix its permissions")
+
+
+@contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
     try:
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    except (OSError, ValueError):
-        manifest = {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(out_dir / LOCK, "a")  # noqa: SIM115 - held for the whole write
+    except OSError as exc:
+        raise _cannot_write(out_dir, exc) from None
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another hydra-compose generate is writing to {out_dir}",
+                              "wait for it to finish, then run generate again") from None
+        yield
+    finally:
+        fh.close()
+
+
+def _check_target(out_dir: Path, rel: str) -> None:
+    """The path must be a regular file or absent, and every folder on the way a folder."""
+    target = out_dir / rel
+    for parent in reversed(target.relative_to(out_dir).parents):
+        p = out_dir / parent
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"{p} is in the way: a folder of generated files goes there",
+                              f"move {p} away and run generate again")
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        raise OutputError(f"{target} is not a regular file", f"move {target} away and run generate again")
+
+
+def _changed(out_dir: Path, files: list[RenderedFile], manifest: dict, force: bool) -> list[str]:
     changed = []
     for f in files:
+        _check_target(out_dir, f.path)
         target = out_dir / f.path
         if not target.exists():
             changed.append(f.path)
             continue
         current = target.read_bytes()
         if current == f.text.encode():
-            os.chmod(target, f.mode)  # a checkout does not keep 0600 on .env
             continue
         if not force and manifest.get(f.path) != _digest(current):
             raise OutputError(f"{target} was edited since the last generate (or was not written by it)",
                               "move your edits into cluster.yaml or templates/, or pass --force to overwrite")
         changed.append(f.path)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".hydra-staging-", dir=out_dir))
-    except OSError as exc:
-        raise OutputError(f"cannot write to {out_dir}: {exc.strerror}",
-                          "choose a writable directory with -o, or fix its permissions") from None
-    try:
-        for f in files:
-            tmp = staging / f.path
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(f.text)
-            os.chmod(tmp, f.mode)
-        for f in files:
-            target = out_dir / f.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / f.path, target)
-            os.chmod(target, f.mode)
-        manifest.update({f.path: _digest(f.text.encode()) for f in files})
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        os.replace(staging / MANIFEST, manifest_path)
-    except OSError as exc:
-        raise OutputError(f"cannot write to {out_dir}: {exc.strerror}",
-                          "choose a writable directory with -o, or fix its permissions") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return changed
+
+
+def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[str]:
+    """Writes files under out_dir; returns the paths that changed."""
+    with _locked(out_dir):
+        manifest_path = out_dir / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        except (OSError, ValueError):
+            manifest = {}
+        if not isinstance(manifest, dict):
+            manifest = {}
+        changed = _changed(out_dir, files, manifest, force)
+        _check_target(out_dir, MANIFEST)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=".hydra-staging-", dir=out_dir))
+        except OSError as exc:
+            raise _cannot_write(out_dir, exc) from None
+        try:
+            for f in files:
+                tmp = staging / "new" / f.path
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(f.text)
+                os.chmod(tmp, f.mode)
+            manifest.update({f.path: _digest(f.text.encode()) for f in files})
+            (staging / "new" / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+            _move_all(out_dir, staging, [f.path for f in files] + [MANIFEST])
+            for f in files:
+                os.chmod(out_dir / f.path, f.mode)  # a checkout does not keep 0600 on .env
+        except OSError as exc:
+            raise _cannot_write(out_dir, exc) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return changed
+
+
+def _move_all(out_dir: Path, staging: Path, paths: list[str]) -> None:
+    """Moves staged files into place; on any failure puts back what was there before."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for rel in paths:
+            target = out_dir / rel
+            backup = None
+            if target.exists():
+                backup = staging / "old" / rel
+                backup.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(target, backup)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / "new" / rel, target)
+            done.append((target, backup))
+    except OSError:
+        for target, backup in reversed(done):
+            try:
+                if backup is None:
+                    target.unlink()
+                else:
+                    os.replace(backup, target)
+            except OSError:
+                pass
+        raise

@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from ..benchmark import BenchOptions, BenchResult, run_benchmark
+from ..benchmark import BenchError, BenchOptions, BenchResult, run_benchmark, served_model
 from ..errors import UsageError
 from ..power import AmdGpu, Gpu, NvidiaGpu, PowerError, SweepRow, Target, sweep
 from ..topology import master_url
@@ -20,13 +20,25 @@ def master_api_key(project: Project) -> str | None:
 
 
 def options(project: Project | None, url: str | None, model: str | None, **kw: object) -> BenchOptions:
+    key = master_api_key(project) if project else None
+    if url is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+        raise UsageError(f"--url {url!r} is not an http(s) URL", "write it like http://10.0.0.2:8080")
+    if url is not None and model is None:
+        # another server than cluster.yaml's master, maybe: ask it what it serves
+        model = served_model(url, key, float(kw.get("timeout_s", 30)))  # type: ignore[arg-type]
     if url is None or model is None:
         if project is None:
             raise UsageError("no cluster.yaml to take the master's URL and model from", "pass --url and --model")
         url = url or master_url(project.config)
         model = model or project.model_entry(None)[0]
-    key = master_api_key(project) if project else None
     return BenchOptions(url=url.rstrip("/"), model=model, api_key=key, **kw)  # type: ignore[arg-type]
+
+
+def check_runs(result: BenchResult) -> None:
+    """A benchmark with failed runs is not a measurement."""
+    if not result.runs or result.errors:
+        raise BenchError(f"{result.errors} of {result.errors + len(result.runs)} runs failed against "
+                         f"{result.options.url}", "look at the server's log (hydra-compose logs) and run again")
 
 
 def write_bench(result: BenchResult, out: Path) -> list[Path]:
@@ -78,7 +90,9 @@ def _is_amd(target: Target) -> bool:
 def power_sweep(gpus: list[Gpu], limits: list[float], opts: BenchOptions, settle_s: float,
                 on_step=None) -> list[SweepRow]:  # noqa: ANN001
     def bench() -> float:
-        return run_benchmark(opts).summary()["tg_tokens_per_s"]["median"] or 0.0
+        result = run_benchmark(opts)
+        check_runs(result)  # never a 0 tok/s row: the sweep stops and the limits are restored
+        return result.summary()["tg_tokens_per_s"]["median"]
 
     return sweep(gpus, limits, bench, settle_s, on_step)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import safe_values
 from ..config import ClusterConfig, ModelEntry, load_config
 from ..errors import ConfigError, ModelError
 from ..gguf_facts import ModelFacts, ProjectorFacts, read_model, read_projector
@@ -39,10 +40,10 @@ class Project:
             return by_file[0], models[by_file[0]]
         if name.endswith(".gguf"):
             try:
-                entry = ModelEntry(file=name)
+                safe_values.file_in_models(name)
             except ValueError as exc:
-                raise ConfigError(f"-m {name}: {str(exc).splitlines()[-1].strip()}",
-                                  "name a .gguf file below models/") from None
+                raise ConfigError(f"-m {name}: {exc}", "name a .gguf file below models/") from None
+            entry = ModelEntry(file=name)
             return _entry_name(Path(name).stem), entry
         known = ", ".join(models) or "none"
         raise ConfigError(f"model {name!r} is not in cluster.yaml (known: {known})",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import yaml
 
 from ..config import parse_config
 from ..errors import ConfigError, UsageError
-from ..inspect_hosts import HostReport, InspectTarget, inspect
+from ..inspect_hosts import HostReport, InspectTarget, plain_text, inspect
 
 # Fields inspect owns on a device; everything else (rpc_port, reserve_gb, threads, ...) is the user's.
 DETECTED = ("name", "arch", "vram_gb", "bus_id", "power_limit_w", "power_min_w", "power_max_w")
@@ -47,7 +48,8 @@ def targets_for(args: list[str], config_path: Path) -> list[InspectTarget]:
 
 
 def _device(gpu) -> dict:  # noqa: ANN001
-    d = {"vendor": gpu.vendor, "name": gpu.name, "arch": gpu.arch,
+    arch = gpu.arch if gpu.arch and re.fullmatch(r"sm_\d{2,3}a?|gfx[0-9a-f]{3,4}", gpu.arch) else None
+    d = {"vendor": gpu.vendor, "name": plain_text(gpu.name) or None, "arch": arch,
          "vram_gb": round(gpu.vram_mib / 1024, 1) if gpu.vram_mib else None, "index": gpu.index,
          "bus_id": gpu.bus_id, "power_limit_w": gpu.power_limit_w, "power_min_w": gpu.power_min_w,
          "power_max_w": gpu.power_max_w}
@@ -70,6 +72,10 @@ def merge(raw: dict, reports: list[HostReport]) -> dict:
             for key in ("video_gid", "render_gid"):
                 if getattr(rep, key) is not None:
                     host[key] = getattr(rep, key)
+            if rep.amd_cdi:
+                host["amd_cdi"] = True
+        if rep.ram_mib:
+            host["ram_gb"] = round(rep.ram_mib / 1024, 1)
         devices = [dict(d) for d in host.get("devices") or []]
         for gpu in rep.devices:
             found = _device(gpu)

@@ -11,6 +11,7 @@ echo "==docker"; docker version --format '{{.Server.Version}}' 2>/dev/null
 echo "==docker_runtimes"; docker info --format '{{json .Runtimes}}' 2>/dev/null
 echo "==kfd"; [ -e /dev/kfd ] && echo present
 echo "==groups"; getent group video render 2>/dev/null
+echo "==cdi"; grep -hos '"kind": *"amd.com/gpu"' /etc/cdi/*.json /etc/cdi/*.yaml /var/run/cdi/*.json /var/run/cdi/*.yaml 2>/dev/null | head -1
 if command -v nvidia-smi >/dev/null 2>&1; then
   echo "==nvidia_smi"
   nvidia-smi --query-gpu=index,name,memory.total,compute_cap,power.limit,power.min_limit,power.max_limit,pci.bus_id \
