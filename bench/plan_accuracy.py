@@ -31,7 +31,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="plan-accuracy-"))
     for s in TEST_SHAPES + ARCH_SHAPES:
         write_gguf(work / f"{s.name}.gguf", s)
-    print(f"{'case':44} {'device':22} {'ctx':>7} {'planned MiB':>11} {'actual MiB':>10} {'diff MiB':>8} "
+    print(f"{'case':44} {'device':26} {'ctx':>7} {'planned MiB':>11} {'actual MiB':>10} {'diff MiB':>8} "
           f"{'diff %':>6} {'ok':>3}")
     rows, worst = [], {}
     for case in CASES:
@@ -41,13 +41,13 @@ def main() -> None:
             continue
         plan, log = run_case(case, path, bin_dir, work / "run")
         for d in plan.devices:
-            actual = log.devices[d.slot.endpoint].total_bytes
+            actual = log.devices[d.slot.id].total_bytes
             diff = actual - d.total_bytes
             ok = abs(diff) <= tolerance(d.total_bytes)
             worst[case.model] = max(worst.get(case.model, 0.0), abs(diff) / MiB)
-            rows.append({"case": case.id, "device": d.slot.endpoint, "ctx": plan.ctx, "planned": d.total_bytes,
+            rows.append({"case": case.id, "device": d.slot.id, "ctx": plan.ctx, "planned": d.total_bytes,
                          "actual": actual, "ok": ok})
-            print(f"{case.id:44} {d.slot.endpoint:22} {plan.ctx:7} {d.total_bytes / MiB:11.2f} {actual / MiB:10.2f} "
+            print(f"{case.id:44} {d.slot.id:26} {plan.ctx:7} {d.total_bytes / MiB:11.2f} {actual / MiB:10.2f} "
                   f"{diff / MiB:8.2f} {100 * diff / actual:6.2f} {'yes' if ok else 'NO':>3}")
     print("\nworst |actual - planned| per model (target: max(2 %, 16 MiB) per device):")
     for name, mib in worst.items():

@@ -97,10 +97,50 @@ def port_open(address: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def _expected_ref(stack: Stack) -> str | None:
+    """The llama.cpp ref the master's compose file builds llama-server from."""
+    server = _compose_services(stack).get("llama-server") or {}
+    ref = ((server.get("build") or {}).get("args") or {}).get("LLAMA_CPP_REF")
+    return str(ref) if ref is not None else None
+
+
+def running_refs(stack: Stack, rows: dict[str, dict] | None = None) -> dict[str, str | None]:
+    """Service -> llama.cpp ref label of the container that runs now (image labels carry over)."""
+    rows = containers(stack) if rows is None else rows
+    ids = {svc: row.get("ID") for svc, row in rows.items() if row.get("ID")}
+    if not ids:
+        return {}
+    env = dict(os.environ, **({"DOCKER_HOST": stack.docker_host} if stack.docker_host else {}))
+    fmt = '{{index .Config.Labels "' + REF_LABEL + '"}}'
+    r = subprocess.run(["docker", "inspect", "-f", fmt, *ids.values()], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        return {}
+    values = r.stdout.splitlines()
+    return {svc: (v.strip() if v.strip() and v.strip() != "<no value>" else None) for svc, v in zip(ids, values)}
+
+
+def check_worker_refs(project, expected: str | None) -> None:  # noqa: ANN001
+    """Refuse a master whose workers run another llama.cpp: RPC protocols differ between
+    releases, and a mismatch crashes the master or corrupts results."""
+    if expected is None:
+        return
+    for stack in stacks(project):
+        for service, ref in running_refs(stack).items():
+            if service != "llama-server" and ref is not None and ref != expected:
+                raise ClusterError(f"worker {service} on {stack.host.name} runs llama.cpp {ref}, the master is "
+                                   f"built from {expected}: their RPC protocols may differ",
+                                   f"copy the generated files to {stack.host.name} and run `hydra-compose up "
+                                   f"{stack.host.name}` (it rebuilds from {expected})")
+
+
 def up(project, hosts: list[str] | None, report: Callable[[str], None], build: bool = True) -> None:  # noqa: ANN001
     workers = rpc_workers(project.config)
     for stack in stacks(project, hosts):
         if stack.is_master:
+            own = [w.service for w in workers if w.host == stack.host.name]
+            if own:  # the master host's own workers first, so their llama.cpp can be checked too
+                report(f"{stack.host.name}: starting workers")
+                stack.checked("up", "-d", *(["--build"] if build else []), "--wait", "--wait-timeout", "900", *own)
             # workers on the master's own host start with it (depends_on); the others must be up already
             pending = [w for w in workers if w.host != stack.host.name and not port_open(w.address, w.port)]
             deadline = time.monotonic() + 120
@@ -111,6 +151,7 @@ def up(project, hosts: list[str] | None, report: Callable[[str], None], build: b
                 names = ", ".join(w.endpoint for w in pending)
                 raise ClusterError(f"workers {names} do not accept connections",
                                    "start their hosts first (`hydra-compose up HOST`) and check firewalls")
+            check_worker_refs(project, _expected_ref(stack))
         report(f"{stack.host.name}: starting {'master and workers' if stack.is_master else 'workers'}")
         stack.checked("up", "-d", *(["--build"] if build else []), "--wait", "--wait-timeout", "900")
         report(f"{stack.host.name}: up")
@@ -189,18 +230,23 @@ def status(project, api_key: str | None) -> Status:  # noqa: ANN001
     # one compose-file read and one `docker compose ps` per host, not per worker
     services = {name: _compose_services(s) for name, s in all_stacks.items()}
     running = {name: containers(s) for name, s in all_stacks.items()}
+    live_refs = {name: running_refs(s, running[name]) for name, s in all_stacks.items()}
     refs: dict[str, str] = {}
     st = Status(master={})
     for w in rpc_workers(cfg):
         stack = all_stacks[w.host]
         svc = services[w.host].get(w.service, {})
         ps = running[w.host].get(w.service, {})
-        ref = image_ref(stack, svc.get("image", "")) if svc else None
-        if ref:
-            refs[f"{w.host}/{w.service}"] = ref
+        ref = image_ref(stack, svc.get("image", "")) if svc else None  # what the next start runs
+        live = live_refs[w.host].get(w.service)  # what runs now
+        for r in (ref, live):
+            if r:
+                refs.setdefault(f"{w.host}/{w.service}", r)
+                if r != refs[f"{w.host}/{w.service}"]:
+                    refs[f"{w.host}/{w.service} (running)"] = r
         st.workers.append({"host": w.host, "service": w.service, "endpoint": w.endpoint, "bind": w.bind,
                            "state": ps.get("State", "missing"), "health": ps.get("Health") or None,
-                           "reachable": port_open(w.address, w.port), "llama_cpp_ref": ref})
+                           "reachable": port_open(w.address, w.port), "llama_cpp_ref": live or ref})
         if w.bind == "0.0.0.0" or _public(w.bind):
             st.warnings.append(f"worker {w.endpoint} listens on {w.bind}: RPC has no authentication — "
                                "bind it to a LAN address and firewall the port")

@@ -1,7 +1,8 @@
 """Reading what llama-server really did from its -lv 4 log: per device the model,
 KV, recurrent-state and compute buffer sizes. Every RPC device is printed as
-"RPC0[host:port]", so devices are keyed by the endpoint in brackets; the
-master's own buffers ("CPU", "CPU_Mapped", ...) are summed under "host"."""
+"RPC<i>[host:port]" (i: the device's index on that server), which is also how the
+planner names it; the master's own buffers ("CPU", "CPU_Mapped", ...) are summed
+under "host"."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class DeviceLog:
 
 @dataclass
 class ServerLog:
-    devices: dict[str, DeviceLog]  # keyed by endpoint (RPC) or device name (local GPUs)
+    devices: dict[str, DeviceLog]  # keyed by llama.cpp's device name: RPC0[host:port], CUDA0, ...
     # device name of each layer in order, the output layer last (needs --verbosity 99);
     # every RPC device is named "RPC0" there, so this tells offloading, not which worker
     layer_devices: list[str]
@@ -48,7 +49,7 @@ def parse_server_log(text: str) -> ServerLog:
             if m["dev"].startswith("CPU") and not m["ep"]:
                 dev = host
             else:
-                key = m["ep"] or m["dev"]
+                key = f"{m['dev']}[{m['ep']}]" if m["ep"] else m["dev"]
                 dev = devices.setdefault(key, DeviceLog(key))
             setattr(dev, attr, getattr(dev, attr) + size)
             continue

@@ -106,7 +106,12 @@ class Plan:
 
     @property
     def rpc_endpoints(self) -> list[str]:
-        return [d.slot.endpoint for d in self.devices if d.slot.kind == "rpc" and d.slot.endpoint]
+        """Each ggml-rpc-server once, in device order (a server may serve several devices)."""
+        out: list[str] = []
+        for d in self.devices:
+            if d.slot.kind == "rpc" and d.slot.endpoint and d.slot.endpoint not in out:
+                out.append(d.slot.endpoint)
+        return out
 
     def llama_server_args(self) -> list[str]:
         o = self.options
@@ -142,11 +147,14 @@ def device_slots(cfg: ClusterConfig, n_embd: int) -> list[Slot]:
     master = cfg.master_host
     for w in rpc_workers(cfg):
         host = cfg.host(w.host)
-        slots.append(Slot(
-            id=f"RPC[{w.endpoint}]" + (f"/{w.device_label}" if w.device_label else ""), host=w.host, kind="rpc",
-            vendor=w.device.vendor, endpoint=w.endpoint, budget_bytes=w.device.budget_bytes,
-            reserve_bytes=int(w.device.reserve * GiB), bandwidth_gbs=device_bandwidth_gbs(w.device),
-            overhead_s=rpc_overhead_s(host, host.name == master.name, n_embd), device=w.device))
+        for i, dev in enumerate(w.devices):
+            # a server's later devices receive activations from its first one directly
+            # (same-server copies skip the master): no extra trip over the link
+            overhead = rpc_overhead_s(host, host.name == master.name, n_embd) if i == 0 else RPC_FIXED_S
+            slots.append(Slot(
+                id=f"RPC{i}[{w.endpoint}]", host=w.host, kind="rpc", vendor=dev.vendor, endpoint=w.endpoint,
+                budget_bytes=dev.budget_bytes, reserve_bytes=int(dev.reserve * GiB),
+                bandwidth_gbs=device_bandwidth_gbs(dev), overhead_s=overhead, device=dev))
     for i, dev in enumerate(local_gpus(cfg)):
         prefix = "CUDA" if dev.vendor == "nvidia" else "ROCm"
         slots.append(Slot(id=f"{prefix}{i}", host=master.name, kind="local", vendor=dev.vendor, endpoint=None,
@@ -280,9 +288,12 @@ def _result(p: _Problem, ctx: int, ranges: Ranges, on_host: tuple[int, ...],
     used = [i for i, (a, b) in enumerate(ranges) if b > a]
     copies = copies_for(len(used), bool(on_host))
     devices, left_out = [], []
+    served = {slot.endpoint for slot, (a, b) in zip(p.slots, ranges) if b > a and slot.kind == "rpc"}
     for i, (slot, (a, b)) in enumerate(zip(p.slots, ranges)):
         if b <= a:
-            if slot.kind == "local":  # a local GPU cannot be removed from the device list: split 0
+            # a local GPU, or a device of a server that is in --rpc anyway, stays in
+            # llama.cpp's device list: it gets split 0
+            if slot.kind == "local" or slot.endpoint in served:
                 devices.append(PlannedDevice(slot, None, False, 0, 0, 0))
             left_out.append(slot)
             continue

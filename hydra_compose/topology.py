@@ -1,15 +1,21 @@
 """Who runs what: the RPC workers of every host and the master's local GPUs.
 
 Derived from cluster.yaml alone; generate, plan and the lifecycle commands all
-read the cluster through these two functions, so they always agree.
+read the cluster through these functions, so they always agree.
+
+A worker is one ggml-rpc-server. By default each device gets its own; a host
+with `rpc_server: per-host` serves all its GPUs of one vendor from a single
+server (`-d CUDA0,CUDA1`), so copies between them stay on that host.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import DEFAULT_RPC_PORT, ClusterConfig, Device
+from .config import DEFAULT_RPC_PORT, ClusterConfig, Device, Host
 from .errors import ConfigError
+
+BACKEND_PREFIX = {"nvidia": "CUDA", "amd": "ROCm", "cpu": "CPU"}
 
 
 @dataclass(frozen=True)
@@ -18,23 +24,34 @@ class Worker:
     address: str  # what the master dials
     bind: str  # what ggml-rpc-server listens on
     port: int
-    device: Device
+    devices: tuple[Device, ...]  # served by this one ggml-rpc-server, in -d order
     ordinal: int  # position among this host's workers
 
     @property
+    def device(self) -> Device:
+        return self.devices[0]
+
+    @property
+    def vendor(self) -> str:
+        return self.device.vendor
+
+    @property
     def service(self) -> str:
-        vendor = self.device.vendor
-        suffix = f"{vendor}{self.device.index}" if self.device.index is not None and vendor != "cpu" else f"{vendor}{self.ordinal}"
-        return f"rpc-{suffix}"
+        if len(self.devices) > 1:
+            return f"rpc-{self.vendor}"
+        suffix = self.device.index if self.device.index is not None and self.vendor != "cpu" else self.ordinal
+        return f"rpc-{self.vendor}{suffix}"
 
     @property
     def endpoint(self) -> str:
         return f"{self.address}:{self.port}"
 
     @property
-    def device_label(self) -> str:
-        """Which of a worker's devices this is, when one ggml-rpc-server serves several."""
-        return ""
+    def backend_devices(self) -> list[str] | None:
+        """ggml device names for -d, as the container sees its GPUs (renumbered from 0)."""
+        if len(self.devices) == 1:
+            return None
+        return [f"{BACKEND_PREFIX[self.vendor]}{i}" for i in range(len(self.devices))]
 
 
 def master_vendor(cfg: ClusterConfig) -> str:
@@ -59,6 +76,22 @@ def local_gpus(cfg: ClusterConfig) -> list[Device]:
     return [d for d in cfg.master_host.devices if d.is_gpu and d.vendor == vendor]
 
 
+def _served_groups(host: Host, skip: set[int]) -> list[tuple[int, tuple[Device, ...]]]:
+    """(first device index in the host's list, devices) per ggml-rpc-server of the host."""
+    remaining = [(i, d) for i, d in enumerate(host.devices) if id(d) not in skip]
+    if host.rpc_server == "per-device":
+        return [(i, (d,)) for i, d in remaining]
+    groups: dict[str, list[tuple[int, Device]]] = {}
+    singles = []
+    for i, d in remaining:
+        if d.is_gpu:
+            groups.setdefault(d.vendor, []).append((i, d))
+        else:
+            singles.append((i, (d,)))  # a CPU device keeps its own server (its own thread count)
+    grouped = [(members[0][0], tuple(d for _, d in members)) for members in groups.values()]
+    return sorted(grouped + singles, key=lambda g: g[0])
+
+
 def rpc_workers(cfg: ClusterConfig) -> list[Worker]:
     local = {id(d) for d in local_gpus(cfg)}
     workers = []
@@ -66,12 +99,17 @@ def rpc_workers(cfg: ClusterConfig) -> list[Worker]:
         used: dict[int, int] = {}
         ordinal = 0
         next_port = DEFAULT_RPC_PORT
-        for i, dev in enumerate(host.devices):
-            if id(dev) in local:
-                continue
-            port = dev.rpc_port
+        groups = _served_groups(host, local)
+        for i, devices in groups:
+            ports = {d.rpc_port for d in devices if d.rpc_port is not None}
+            if len(ports) > 1:
+                raise ConfigError(f"hosts[{cfg.hosts.index(host)}]: the {devices[0].vendor} GPUs of {host.name} share "
+                                  f"one ggml-rpc-server (rpc_server: per-host) but name ports {sorted(ports)}",
+                                  "give rpc_port on one of them only, or set rpc_server: per-device")
+            port = ports.pop() if ports else None
             if port is None:
-                while next_port in used or next_port in {d.rpc_port for d in host.devices}:
+                taken = {d.rpc_port for d in host.devices}
+                while next_port in used or next_port in taken:
                     next_port += 1
                 port = next_port
             if port in used:
@@ -82,7 +120,7 @@ def rpc_workers(cfg: ClusterConfig) -> list[Worker]:
                                   "choose another rpc_port or master.port")
             used[port] = i
             workers.append(Worker(host=host.name, address=host.address, bind=host.bind or host.address,
-                                  port=port, device=dev, ordinal=ordinal))
+                                  port=port, devices=devices, ordinal=ordinal))
             ordinal += 1
     services: dict[tuple[str, str], Worker] = {}
     for w in workers:

@@ -81,9 +81,9 @@ def check_bench_agrees_with_server(proj: Path) -> None:
 
 def check_log_against_plan(log_text: str, plan: dict) -> None:
     log = parse_server_log(log_text)
-    assert set(log.devices) == {d["endpoint"] for d in plan["devices"]}, log.devices.keys()
+    assert set(log.devices) == {d["id"] for d in plan["devices"]}, log.devices.keys()
     for d in plan["devices"]:
-        actual = log.devices[d["endpoint"]]
+        actual = log.devices[d["id"]]
         assert abs(actual.model_bytes - d["weights_bytes"]) < 0.02 * MiB
         assert abs(actual.kv_bytes - d["kv_bytes"]) < 0.02 * MiB
         assert abs(actual.total_bytes - d["total_bytes"]) <= max(0.02 * d["total_bytes"], 16 * MiB)

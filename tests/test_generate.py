@@ -113,11 +113,60 @@ def test_worker_binds_host_address_and_labels(tmp_path):
     assert 'CUDA_ARCHITECTURES="89"' in cuda and "13.0.1" in cuda
 
 
-def test_cuda_version_covers_every_arch(tmp_path):
+def services(proj: Path, host: str) -> dict:
+    return yaml.safe_load((proj / "compose" / host / "docker-compose.yml").read_text())["services"]
+
+
+def test_cuda_release_per_host(tmp_path):
+    # the P40 host stays on CUDA 12.9 (sm_61 left CUDA 13); the 5090 + 3090 master gets 13.x
     proj = example_project(tmp_path, "cuda-mix")
     assert run_cli("generate", cwd=proj).returncode == 0
-    cuda = (proj / "dockerfiles" / "cuda.Dockerfile").read_text()
-    assert "nvidia/cuda:12.9.1-devel" in cuda and 'CUDA_ARCHITECTURES="61;86;120"' in cuda
+    old = services(proj, "old-server")["rpc-nvidia0"]
+    rig = services(proj, "rig")["llama-server"]
+    assert old["build"]["args"]["BUILD_IMAGE"] == "nvidia/cuda:12.9.1-devel-ubuntu24.04"
+    assert old["build"]["args"]["CUDA_ARCHITECTURES"] == "61"
+    assert rig["build"]["args"]["BUILD_IMAGE"] == "nvidia/cuda:13.0.1-devel-ubuntu24.04"
+    assert rig["build"]["args"]["CUDA_ARCHITECTURES"] == "86;120"
+    assert old["image"] != rig["image"].replace("-server", "-rpc")  # different builds, different tags
+    assert old["build"]["args"]["LLAMA_CPP_REF"] == rig["build"]["args"]["LLAMA_CPP_REF"] == "b11434"
+
+
+def test_rocm_release_per_host_and_cdi(tmp_path):
+    proj = example_project(tmp_path, "amd-mi50-xtx")
+    assert run_cli("generate", cwd=proj).returncode == 0
+    mi50, duo, xtx = services(proj, "mi50"), services(proj, "duo"), services(proj, "xtx")
+    # MI50: ROCm 6.3 (6.4's rocBLAS has no gfx906 kernels), /dev/kfd + its render node + GIDs
+    assert mi50["rpc-amd0"]["build"]["args"]["BUILD_IMAGE"] == "rocm/dev-ubuntu-24.04:6.3.4-complete"
+    assert mi50["rpc-amd1"]["devices"] == ["/dev/kfd", "/dev/dri/renderD129"] and "group_add" in mi50["rpc-amd1"]
+    assert "VIDEO_GID=44" in (proj / "compose" / "mi50" / ".env").read_text()
+    # the 7900 XTX hosts: ROCm 6.4, CDI names, no GIDs needed
+    assert xtx["llama-server"]["build"]["args"]["BUILD_IMAGE"] == "rocm/dev-ubuntu-24.04:6.4.4-complete"
+    assert xtx["llama-server"]["devices"] == ["amd.com/gpu=0"] and "group_add" not in xtx["llama-server"]
+    assert "GID" not in (proj / "compose" / "duo" / ".env").read_text()
+    # one ggml-rpc-server for both duo GPUs
+    assert list(duo) == ["rpc-amd"] and duo["rpc-amd"]["devices"] == ["amd.com/gpu=0", "amd.com/gpu=1"]
+    assert duo["rpc-amd"]["command"][duo["rpc-amd"]["command"].index("-d") + 1] == "ROCm0,ROCm1"
+    command = xtx["llama-server"]["command"]
+    rpc = command[command.index("--rpc") + 1].split(",")
+    split = command[command.index("--tensor-split") + 1].split(",")
+    assert rpc.count("10.0.1.4:50052") == 1 and len(split) == len(rpc) + 2  # duo: 2 devices; + the local GPU
+
+
+def test_impossible_rocm_mix_on_one_host(tmp_path):
+    proj = example_project(tmp_path, "amd-mi50-xtx")
+    cfg = proj / "cluster.yaml"
+    cfg.write_text(cfg.read_text().replace('name: "Instinct MI50", arch: gfx906, vram_gb: 32, index: 1',
+                                           'name: "RX 9070 XT", arch: gfx1201, vram_gb: 16, index: 1'))
+    _fails(run_cli("generate", cwd=proj), "no ROCm release runs all of gfx1201, gfx906")
+    assert not (proj / "compose").exists() and not (proj / "dockerfiles").exists()
+
+
+def test_per_host_server_ports_must_agree(tmp_path):
+    proj = example_project(tmp_path, "nvidia-per-host")
+    cfg = proj / "cluster.yaml"
+    cfg.write_text(cfg.read_text().replace("vram_gb: 24, index: 0}", "vram_gb: 24, index: 0, rpc_port: 50070}", 1)
+                   .replace("vram_gb: 24, index: 1}", "vram_gb: 24, index: 1, rpc_port: 50071}", 1))
+    _fails(run_cli("generate", cwd=proj), "share one ggml-rpc-server")
 
 
 def _fails(r, text):
@@ -129,7 +178,8 @@ def _fails(r, text):
 def test_impossible_cuda_mix(tmp_path):
     proj = example_project(tmp_path, "cuda-mix")
     cfg = proj / "cluster.yaml"
-    cfg.write_text(cfg.read_text().replace('name: "Tesla P40", arch: sm_61, vram_gb: 24, index: 1',
+    # per host: a K80 beside an RTX 5090 has no common CUDA release (a K80 beside a P40 has: 11.8)
+    cfg.write_text(cfg.read_text().replace('name: "RTX 3090", arch: sm_86, vram_gb: 24, index: 1',
                                            'name: "Tesla K80", arch: sm_37, vram_gb: 12, index: 1'))
     _fails(run_cli("generate", cwd=proj), "no CUDA release builds all of")
     assert not (proj / "compose").exists() and not (proj / "dockerfiles").exists()

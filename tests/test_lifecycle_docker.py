@@ -167,8 +167,17 @@ def test_lifecycle_and_recovery(cpu_project):  # noqa: F811
             subprocess.run(["docker", "build", "-q", "-t", image, "--label", "io.hydra-compose.llama-cpp-ref=b9999",
                             "-"], input=f"FROM {original}\n", text=True, check=True, capture_output=True)
             assert any("version skew" in w for w in status(proj)["warnings"])
+            # ... and a master is never started beside a worker that runs it
+            assert run_cli("down", cwd=proj, env=ENV).returncode == 0
+            r = run_cli("up", "--no-build", cwd=proj, env=ENV)
+            assert r.returncode == 1 and "runs llama.cpp b9999" in r.stderr and "Traceback" not in r.stderr, r.stderr
+            f = proj / "compose" / "local" / "docker-compose.yml"
+            master = subprocess.run(["docker", "compose", "-f", str(f), "ps", "-a", "-q", "llama-server"],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+            assert master == "", "the master was created beside a worker of another llama.cpp"
         finally:
             subprocess.run(["docker", "tag", original, image], check=True)
+        assert run_cli("up", "--no-build", cwd=proj, env=ENV).returncode == 0
     finally:
         run_cli("down", "-v", cwd=proj, env=ENV)
     assert hydra_containers() == []

@@ -100,9 +100,9 @@ def test_plan_matches_llama_server(case, native_bin, model_dir, tmp_path):
     assert bool(plan.experts_on_host) == case.offload
     if case.offload:  # the experts the plan keeps on the host are in the master's RAM, not on a device
         assert log.host.model_bytes >= plan.host.expert_bytes
-    assert set(log.devices) == {d.slot.endpoint for d in plan.devices}
+    assert set(log.devices) == {d.slot.id for d in plan.devices}
     for d in plan.devices:
-        actual = log.devices[d.slot.endpoint]
+        actual = log.devices[d.slot.id]
         # weights, KV and recurrent state match to the byte (log rounding aside)
         assert actual.model_bytes == pytest.approx(d.weights_bytes, abs=0.01 * MiB)
         assert actual.kv_bytes == pytest.approx(d.kv_bytes, abs=0.01 * MiB)

@@ -3,8 +3,8 @@
 # `server` runs llama-server. The source is a build argument: LLAMA_CPP_SOURCE=git
 # clones LLAMA_CPP_GIT at LLAMA_CPP_REF; LLAMA_CPP_SOURCE=context uses the build
 # context (a llama.cpp checkout) instead. Every host builds the same ref.
-ARG BUILD_IMAGE=nvidia/cuda:12.9.1-devel-ubuntu24.04
-ARG RUNTIME_IMAGE=nvidia/cuda:12.9.1-runtime-ubuntu24.04
+ARG BUILD_IMAGE=nvidia/cuda:13.0.1-devel-ubuntu24.04
+ARG RUNTIME_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
 FROM ${BUILD_IMAGE} AS build
 ARG LLAMA_CPP_SOURCE=git
@@ -14,8 +14,10 @@ ARG LLAMA_CPP_REF=b11434
 ARG RPC_TARGET=ggml-rpc-server
 ARG BUILD_JOBS=0
 
-# The inventory's NVIDIA archs; CUDA 12.9.1 builds every one of them.
-ARG CUDA_ARCHITECTURES="61;86;120"
+# Each host's compose file passes its own CUDA release (BUILD_IMAGE, RUNTIME_IMAGE) and
+# CUDA_ARCHITECTURES: sm_50-72 cards need CUDA 12.x, newer ones get 13.x. Releases in
+# this cluster: 12.9.1, 13.0.1. Defaults: the first NVIDIA host's.
+ARG CUDA_ARCHITECTURES="86;120"
 
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \

@@ -14,8 +14,10 @@ ARG LLAMA_CPP_REF=b11434
 ARG RPC_TARGET=ggml-rpc-server
 ARG BUILD_JOBS=0
 
-# The inventory's AMD targets, listed explicitly: recent default lists drop gfx906.
-ARG GPU_TARGETS="gfx1030;gfx1100;gfx906"
+# Each host's compose file passes its own ROCm release (BUILD_IMAGE, RUNTIME_IMAGE) and
+# GPU_TARGETS, listed explicitly: ROCm 6.4 ships no gfx906 kernels, so an MI50 host
+# builds on 6.3. Releases in this cluster: 6.3.4, 6.4.4. Defaults: the first AMD host's.
+ARG GPU_TARGETS="gfx1030"
 
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \

@@ -14,7 +14,9 @@ ARG LLAMA_CPP_REF=b11434
 ARG RPC_TARGET=ggml-rpc-server
 ARG BUILD_JOBS=0
 
-# The inventory's NVIDIA archs; CUDA 13.0.1 builds every one of them.
+# Each host's compose file passes its own CUDA release (BUILD_IMAGE, RUNTIME_IMAGE) and
+# CUDA_ARCHITECTURES: sm_50-72 cards need CUDA 12.x, newer ones get 13.x. Releases in
+# this cluster: 13.0.1. Defaults: the first NVIDIA host's.
 ARG CUDA_ARCHITECTURES="86;89"
 
 RUN apt-get update \

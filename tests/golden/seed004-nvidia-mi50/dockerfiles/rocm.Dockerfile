@@ -3,8 +3,8 @@
 # `server` runs llama-server. The source is a build argument: LLAMA_CPP_SOURCE=git
 # clones LLAMA_CPP_GIT at LLAMA_CPP_REF; LLAMA_CPP_SOURCE=context uses the build
 # context (a llama.cpp checkout) instead. Every host builds the same ref.
-ARG BUILD_IMAGE=rocm/dev-ubuntu-24.04:6.4.4-complete
-ARG RUNTIME_IMAGE=rocm/dev-ubuntu-24.04:6.4.4-complete
+ARG BUILD_IMAGE=rocm/dev-ubuntu-24.04:6.3.4-complete
+ARG RUNTIME_IMAGE=rocm/dev-ubuntu-24.04:6.3.4-complete
 
 FROM ${BUILD_IMAGE} AS build
 ARG LLAMA_CPP_SOURCE=git
@@ -14,7 +14,9 @@ ARG LLAMA_CPP_REF=b11434
 ARG RPC_TARGET=ggml-rpc-server
 ARG BUILD_JOBS=0
 
-# The inventory's AMD targets, listed explicitly: recent default lists drop gfx906.
+# Each host's compose file passes its own ROCm release (BUILD_IMAGE, RUNTIME_IMAGE) and
+# GPU_TARGETS, listed explicitly: ROCm 6.4 ships no gfx906 kernels, so an MI50 host
+# builds on 6.3. Releases in this cluster: 6.3.4. Defaults: the first AMD host's.
 ARG GPU_TARGETS="gfx906"
 
 RUN apt-get update \
