@@ -81,10 +81,18 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         kv = "/".join(str(x) for x in sorted(set(m.n_head_kv)))
         table.add_row(m.name + (f" (+{len(m.parts) - 1} parts)" if len(m.parts) > 1 else ""), m.arch,
                       f"{m.n_params / 1e9:.2f}B" if m.n_params >= 1e9 else f"{m.n_params / 1e6:.0f}M",
-                      _mib(m.file_bytes), m.quant, str(m.n_layer), str(m.n_ctx_train), f"{m.n_head}/{kv}",
-                      f"{m.head_dim_k}/{m.head_dim_v}", f"{m.n_expert_used}/{m.n_expert}" if m.n_expert else "-")
+                      _mib(m.file_bytes), m.quant, _layers(m), str(m.n_ctx_train), f"{m.n_head}/{kv}",
+                      (f"{m.head_dim_k}/{m.head_dim_v}" + (" MLA" if m.mla else "")) if m.n_head else "-",
+                      f"{m.n_expert_used}/{m.n_expert}" if m.n_expert else "-")
     out = _console()
     out.print(table if facts else f"no GGUF files in {cfg_path.resolve().parent / 'models'}")
+
+
+def _layers(m) -> str:  # noqa: ANN001
+    kinds = m.kinds()
+    if list(kinds) == ["full"]:
+        return str(m.n_layer)
+    return f"{m.n_layer} ({', '.join(f'{n} {k}' for k, n in kinds.items())})"
 
 
 def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts=None) -> dict:  # noqa: ANN001

@@ -268,9 +268,10 @@ class _Header:
         return (self._check(key, v),) * n_layer
 
 
-def read_model(path: Path) -> ModelFacts:
+def read_model(path: Path, first: HeaderReader | None = None) -> ModelFacts:
+    """Facts of the model at path (any part of a split model); first: its already opened header."""
     parts = part_paths(path)
-    readers = [_open(p) for p in parts]
+    readers = [first if first is not None and i == 0 else _open(p) for i, p in enumerate(parts)]
     head = readers[0]
     arch = _field(head, "general.architecture")
     if not isinstance(arch, str) or not arch:
@@ -364,9 +365,10 @@ def list_models(models_dir: Path) -> list[ModelFacts]:
             continue
         if not p.is_file():
             raise ModelError(f"{p} is not a regular file", "remove it from models/ or replace it with the GGUF")
-        if _field(_open(p), "general.architecture") == "clip":
+        reader = _open(p)
+        if _field(reader, "general.architecture") == "clip":
             continue
-        out.append(read_model(p))
+        out.append(read_model(p, reader))
     return out
 
 

@@ -35,6 +35,15 @@ auth=()
 
 log() { echo "hydra-supervise: $*" >&2; }
 
+# Values only ever reach commands as quoted arguments; still, refuse anything that is
+# not host:port before using it (hydra-compose generate validates them already).
+for w in "${workers[@]}"; do
+  if ! [[ "$w" =~ ^[A-Za-z0-9.-]+:[0-9]{1,5}$ ]]; then
+    log "invalid worker endpoint in --rpc: refusing to start"
+    exit 2
+  fi
+done
+
 child=0
 stop() {
   [ "$child" -gt 0 ] && kill -TERM "$child" 2>/dev/null && wait "$child"
@@ -43,25 +52,35 @@ stop() {
 trap stop TERM INT
 
 # /proc/net/tcp spells ADDR:PORT as little-endian hex address, big-endian hex port.
+# A DNS name is resolved first; one that does not resolve to IPv4 prints nothing.
 tcp_hex() {
   local addr=${1%:*} port=${1##*:} a b c d
+  if ! [[ "$addr" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+    addr=$(getent ahostsv4 -- "$addr" 2>/dev/null | awk 'NR == 1 { print $1 }')
+    [ -n "$addr" ] || return 0
+  fi
   IFS=. read -r a b c d <<<"$addr"
   printf '%02X%02X%02X%02X:%04X' "$d" "$c" "$b" "$a" "$port"
 }
 
 # States of llama-server's own sockets to a worker (01 established, 08 close-wait).
 worker_states() {
-  local inodes
+  local inodes rem
+  rem=$(tcp_hex "$1")
+  if [ -z "$rem" ]; then echo unknown; return 0; fi  # unresolvable: no CLOSE_WAIT check for it
   inodes=$(find "/proc/$child/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' | paste -sd'|')
   [ -n "$inodes" ] || return 0
-  awk -v rem="$(tcp_hex "$1")" -v re="^($inodes)\$" '$3 == rem && $10 ~ re { print $4 }' /proc/net/tcp
+  awk -v rem="$rem" -v re="^($inodes)\$" '$3 == rem && $10 ~ re { print $4 }' /proc/net/tcp
 }
 
 wait_for_workers() {
   local w
   for w in "${workers[@]}"; do
-    # bounded: a worker still serving a previous client leaves connects hanging
-    until timeout 2 bash -c "exec 3<>/dev/tcp/${w%:*}/${w##*:}" 2>/dev/null; do sleep 0.5; done
+    # bounded: a worker still serving a previous client leaves connects hanging.
+    # Host and port are arguments of the probe, never part of its code.
+    until timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' probe "${w%:*}" "${w##*:}" 2>/dev/null; do
+      sleep 0.5
+    done
   done
 }
 
