@@ -175,6 +175,12 @@ class Host(Strict):
 
     @model_validator(mode="after")
     def _distinct_gpus(self) -> Host:
+        for vendor in ("nvidia", "amd"):
+            gpus = [i for i, d in enumerate(self.devices) if d.vendor == vendor]
+            unindexed = [i for i in gpus if self.devices[i].index is None]
+            if len(gpus) > 1 and unindexed:  # else both would be handed GPU 0
+                raise ValueError(f"devices[{unindexed[0]}]: this host has {len(gpus)} {vendor} GPUs; give each "
+                                 "its index (nvidia-smi / rocm-smi order; `hydra-compose inspect --write` fills them in)")
         seen: dict[tuple[str, int], int] = {}
         for i, d in enumerate(self.devices):
             if d.is_gpu and d.index is not None:

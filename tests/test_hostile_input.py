@@ -124,7 +124,7 @@ CONFIG_CASES = {
                                 "      - {vendor: nvidia, vram_gb: 8, arch: sm_86, index: 1}"), "both nvidia GPU index 1"),
     "gpu index vs ordinal": (sub("models:", "  - name: gpu-box\n    address: 10.0.0.5\n"
                                  "    devices: [{vendor: nvidia, vram_gb: 8, arch: sm_86, index: 1},"
-                                 " {vendor: nvidia, vram_gb: 8, arch: sm_86}]\nmodels:"), "would both be served as"),
+                                 " {vendor: nvidia, vram_gb: 8, arch: sm_86}]\nmodels:"), "give each its index"),
     # ssh: it reaches ssh and DOCKER_HOST
     "ssh option": (sub("address: 127.0.0.1", "address: 127.0.0.1\n    ssh: -oProxyCommand=touch/tmp/pwned"),
                    "not an ssh target"),

@@ -53,7 +53,7 @@ def _device(gpu) -> dict:  # noqa: ANN001
          "vram_gb": round(gpu.vram_mib / 1024, 1) if gpu.vram_mib else None, "index": gpu.index,
          "bus_id": gpu.bus_id, "power_limit_w": gpu.power_limit_w, "power_min_w": gpu.power_min_w,
          "power_max_w": gpu.power_max_w}
-    return {k: v for k, v in d.items() if v is not None and v != 0}
+    return {k: v for k, v in d.items() if v is not None and (v != 0 or k == "index")}  # GPU 0 keeps its index
 
 
 def merge(raw: dict, reports: list[HostReport]) -> dict:
