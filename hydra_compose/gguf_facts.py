@@ -144,11 +144,11 @@ class ModelFacts:
 
     @property
     def expert_bytes(self) -> int:
-        return sum(layer.expert_bytes for layer in self.layers)
+        return self.experts_in(tuple(range(self.n_layer)))
 
-    def kv_bytes_per_token(self, layer: int, type_k: str, type_v: str) -> float:
-        lf = self.layers[layer]
-        return lf.k_elems * cache_type_bytes(type_k) + lf.v_elems * cache_type_bytes(type_v)
+    def experts_in(self, layers: tuple[int, ...]) -> int:
+        """Bytes of the routed experts of these layers."""
+        return sum(self.layers[il].expert_bytes for il in layers)
 
     def kinds(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -30,6 +30,11 @@ def pad(x: int, n: int) -> int:
     return (x + n - 1) // n * n
 
 
+def _prefix(per_item: list[int]) -> list[int]:
+    """Prefix sums over llama.cpp's items (the layers, then the output layer): [a, b) in O(1)."""
+    return [0, *accumulate(per_item)]
+
+
 @dataclass(frozen=True)
 class CacheOptions:
     ctx_slot: int  # tokens per slot (llama.cpp's n_ctx_seq)
@@ -88,20 +93,19 @@ class DeviceMemory:
         self.model, self.opts, self.n_items = model, o, n + 1
         weights = [b - (model.layers[il].expert_bytes if il in experts_on_host else 0)
                    for il, b in enumerate(model.layer_bytes)]
-        self.w = [0, *accumulate(weights + [model.output_bytes])]
+        self.w = _prefix(weights + [model.output_bytes])
         # bytes read per decoded token: a MoE layer reads only its active experts
         share = model.n_expert_used / model.n_expert if model.n_expert else 1.0
         active = [w - round(model.layers[il].expert_bytes * (1 - share)) if il not in experts_on_host else w
                   for il, w in enumerate(weights)]
-        self.active = [0, *accumulate(active + [model.output_bytes])]
-        self.kv = [0, *accumulate([layer_kv_bytes(model, il, o) for il in range(n)] + [0])]
-        self.rs = [0, *accumulate([layer_state_bytes(model, il, o) for il in range(n)] + [0])]
-        kinds = [layer.kind for layer in model.layers]
-        self.n_full = [0, *accumulate(int(k in ("full", "hybrid")) for k in kinds)] + [0]
-        self.n_swa = [0, *accumulate(int(k == "swa") for k in kinds)] + [0]
+        self.active = _prefix(active + [model.output_bytes])
+        self.kv = _prefix([layer_kv_bytes(model, il, o) for il in range(n)] + [0])
+        self.rs = _prefix([layer_state_bytes(model, il, o) for il in range(n)] + [0])
+        # how many layers of each kind a range holds (the output item holds none)
+        self.n_full = _prefix([int(layer.kind in ("full", "hybrid")) for layer in model.layers] + [0])
+        self.n_swa = _prefix([int(layer.kind == "swa") for layer in model.layers] + [0])
+        self.n_ssm = _prefix([int(layer.has_state and model.ssm_in_width > 0) for layer in model.layers] + [0])
         self.temp = [_layer_temp(model, il, o) for il in range(n)] + [0]
-        ssm = [int(layer.has_state and model.ssm_in_width > 0) for layer in model.layers]
-        self.n_ssm = [0, *accumulate(ssm)] + [0]
         self.ssm_unit = model.ssm_in_width * N_UBATCH * F32
         self.mask_row = N_UBATCH * (2 if o.flash_attn else 4)  # f16 masks with flash attention
         self.embd = model.n_embd * N_UBATCH * F32
@@ -120,18 +124,16 @@ class DeviceMemory:
 
     def inputs(self, a: int, b: int, first: bool) -> int:
         """Graph inputs a device holds: masks only for the kinds of layers it runs."""
-        n = self.n_full[min(b, self.n_items - 1)] - self.n_full[a]
-        s = self.n_swa[min(b, self.n_items - 1)] - self.n_swa[a]
         size = (4 if first else 1) * self.embd
-        if n:
+        if self.n_full[b] - self.n_full[a]:
             size += self.opts.ctx_slot * self.mask_row
-        if s:
+        if self.n_swa[b] - self.n_swa[a]:
             size += swa_cells(self.model, self.opts.ctx_slot) * self.mask_row
         return size
 
     def compute(self, a: int, b: int, first: bool, copies: int, peak: int) -> int:
         """peak: the largest layer temporary in [a, b) (the caller keeps it as b grows)."""
-        if self.n_ssm[min(b, self.n_items - 1)] - self.n_ssm[a]:
+        if self.n_ssm[b] - self.n_ssm[a]:
             last = b == self.n_items
             factor = (SSM_TEMP_SINGLE if copies == 1 else SSM_TEMP_FIRST if first
                       else SSM_TEMP_LAST if last else SSM_TEMP_MIDDLE)

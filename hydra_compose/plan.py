@@ -6,7 +6,7 @@ placement.py searches the ranges); no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import GiB, ClusterConfig, ModelEntry
 from .errors import PlanError
@@ -14,7 +14,7 @@ from .gguf_facts import ModelFacts, ProjectorFacts
 from .memory import F32, N_UBATCH, CacheOptions, DeviceMemory
 from .placement import Ranges, Slot, best, copies_for, predicted_token_s
 from .speed import HOST_RAM_GBS, RPC_FIXED_S, device_bandwidth_gbs, rpc_overhead_s
-from .topology import local_gpus, rpc_workers
+from .topology import BACKEND_PREFIX, local_gpus, rpc_workers
 
 MiB = 1024 * 1024
 CTX_STEP = 256
@@ -156,8 +156,7 @@ def device_slots(cfg: ClusterConfig, n_embd: int) -> list[Slot]:
                 budget_bytes=dev.budget_bytes, reserve_bytes=int(dev.reserve * GiB),
                 bandwidth_gbs=device_bandwidth_gbs(dev), overhead_s=overhead, device=dev))
     for i, dev in enumerate(local_gpus(cfg)):
-        prefix = "CUDA" if dev.vendor == "nvidia" else "ROCm"
-        slots.append(Slot(id=f"{prefix}{i}", host=master.name, kind="local", vendor=dev.vendor, endpoint=None,
+        slots.append(Slot(id=f"{BACKEND_PREFIX[dev.vendor]}{i}", host=master.name, kind="local", vendor=dev.vendor, endpoint=None,
                           budget_bytes=dev.budget_bytes, reserve_bytes=int(dev.reserve * GiB),
                           bandwidth_gbs=device_bandwidth_gbs(dev), overhead_s=0.0, device=dev))
     return slots
@@ -267,7 +266,7 @@ def make_plan(cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions,
     else:
         largest = p.largest_ctx(on_host)
         if largest is None:
-            need = sum(model.layer_bytes) + model.output_bytes - sum(model.layers[il].expert_bytes for il in on_host)
+            need = sum(model.layer_bytes) + model.output_bytes - model.experts_in(on_host)
             have = sum(s.budget_bytes for s in p.slots)
             hint = "add devices, lower reserve_gb, or use a smaller quantization"
             if p.moe_layers and opts.experts == "gpu":
@@ -304,9 +303,9 @@ def _result(p: _Problem, ctx: int, ranges: Ranges, on_host: tuple[int, ...],
             compute_bytes=mem.compute(a, b, i == used[0], copies, mem.peak(a, b))))
     devices = _with_projector(devices, projector)
     cache_ram = int(cfg.master.cache_ram_gb * 1024)
-    host = _host_memory(p, mem, ctx, on_host, copies, cache_ram)
-    warnings = _warnings(p, ctx, devices, left_out, on_host, host)
-    token_s = MASTER_TOKEN_S + predicted_token_s(p.slots, mem, ranges) + _host_expert_s(p, on_host)
+    host = _host_memory(p, mem, on_host, copies, cache_ram)
+    warnings = _warnings(p, mem, ctx, left_out, on_host, host)
+    token_s = MASTER_TOKEN_S + predicted_token_s(p.slots, mem, ranges) + _host_expert_s(p, on_host, host)
     return Plan(model=model, options=opts, ctx=ctx, devices=tuple(devices), left_out=tuple(left_out),
                 predicted_tg_tokens_per_s=1.0 / token_s, warnings=tuple(warnings), experts_on_host=on_host,
                 host=host, projector=projector, cache_ram_mib=cache_ram)
@@ -319,46 +318,44 @@ def _with_projector(devices: list[PlannedDevice], projector: ProjectorFacts | No
         return devices
     order = [d for d in devices if d.slot.kind == "local"] + [d for d in devices if d.slot.kind == "rpc"]
     target = order[0]
-    return [PlannedDevice(d.slot, d.layers, d.has_output, d.weights_bytes, d.kv_bytes, d.compute_bytes,
-                          d.state_bytes, projector.total_bytes) if d is target else d for d in devices]
+    return [replace(d, projector_bytes=projector.total_bytes) if d is target else d for d in devices]
 
 
-def _host_memory(p: _Problem, mem: DeviceMemory, ctx: int, on_host: tuple[int, ...], copies: int,
+def _host_memory(p: _Problem, mem: DeviceMemory, on_host: tuple[int, ...], copies: int,
                  cache_ram_mib: int) -> HostMemory:
     model = p.model
     # the master's own compute buffer: graph inputs (masks, embeddings) per pipeline copy, and the
     # expert matmuls when it runs experts
-    inputs = mem.inputs(0, mem.n_items - 1, False) + model.n_embd * N_UBATCH * F32
+    inputs = mem.inputs(0, mem.n_items, False) + model.n_embd * N_UBATCH * F32
     compute = copies * inputs + 2 * model.n_embd * N_UBATCH * F32
     if on_host:
         compute += 3 * model.n_expert_used * model.n_ff_exp * N_UBATCH * F32
     ram = p.cfg.master_host.ram_gb
     return HostMemory(token_embd_bytes=model.input_bytes,
-                      expert_bytes=sum(model.layers[il].expert_bytes for il in on_host), compute_bytes=compute,
+                      expert_bytes=model.experts_in(on_host), compute_bytes=compute,
                       cache_ram_bytes=cache_ram_mib * MiB,
                       budget_bytes=int(ram * GiB) - HOST_RESERVE_BYTES if ram else None)
 
 
-def _host_expert_s(p: _Problem, on_host: tuple[int, ...]) -> float:
+def _host_expert_s(p: _Problem, on_host: tuple[int, ...], host: HostMemory) -> float:
     """Experts in host RAM: only the active ones are read per token, at RAM speed, and every such
     layer crosses from its device to the master's CPU and back."""
     if not on_host:
         return 0.0
     m = p.model
-    active = sum(m.layers[il].expert_bytes for il in on_host) * m.n_expert_used / max(1, m.n_expert)
+    active = host.expert_bytes * m.n_expert_used / max(1, m.n_expert)
     return active / (HOST_RAM_GBS * 1e9) + len(on_host) * RPC_FIXED_S
 
 
-def _warnings(p: _Problem, ctx: int, devices: list[PlannedDevice], left_out: list[Slot],
-              on_host: tuple[int, ...], host: HostMemory) -> list[str]:
+def _warnings(p: _Problem, mem: DeviceMemory, ctx: int, left_out: list[Slot], on_host: tuple[int, ...],
+              host: HostMemory) -> list[str]:
     model, opts = p.model, p.opts
     warnings = []
     if left_out and opts.split != "all":
-        everything = best(p.slots, p.memory(ctx, on_host), "all", bool(on_host)) \
-            if len(p.slots) <= model.n_layer + 1 else None
+        everything = best(p.slots, mem, "all", bool(on_host)) if len(p.slots) <= model.n_layer + 1 else None
         slower = ""
         if everything:
-            t = MASTER_TOKEN_S + predicted_token_s(p.slots, p.memory(ctx, on_host), everything[1])
+            t = MASTER_TOKEN_S + predicted_token_s(p.slots, mem, everything[1])
             slower = f" (all devices: {1 / t:.0f} tok/s predicted)"
         for s in left_out:
             warnings.append(f"{s.id} on {s.host} left out: the model fits on faster devices and a split "
