@@ -145,27 +145,37 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def model_id(payload: object) -> str | None:
+    """The first model a /v1/models answer lists, if it is well formed."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    first = data[0] if isinstance(data, list) and data else None
+    mid = first.get("id") if isinstance(first, dict) else None
+    return mid if isinstance(mid, str) and mid else None
+
+
 def served_model(url: str, api_key: str | None, timeout_s: float) -> str:
     """The model a server answers to, from its /v1/models."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        r = httpx.get(f"{url.rstrip('/')}/v1/models", headers=headers, timeout=timeout_s)
+        r = httpx.get(f"{url.rstrip('/')}/v1/models", headers=auth_headers(api_key), timeout=timeout_s)
     except httpx.HTTPError:
         raise BenchError(f"cannot reach {url}", "start the cluster (hydra-compose up) or check --url") from None
     if r.status_code != 200:
         raise BenchError(f"{url}/v1/models answered {r.status_code}", "check --url and the API key, or pass --model")
     try:
-        data = r.json().get("data")
-        model = data[0]["id"]
-    except (ValueError, AttributeError, TypeError, IndexError, KeyError):
-        raise BenchError(f"{url}/v1/models did not list a model", "pass --model NAME") from None
-    if not isinstance(model, str) or not model:
+        model = model_id(r.json())
+    except ValueError:
+        model = None
+    if model is None:
         raise BenchError(f"{url}/v1/models did not list a model", "pass --model NAME")
     return model
 
 
 def run_benchmark(opts: BenchOptions, progress: Callable[[int], None] | None = None) -> BenchResult:
-    headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+    headers = auth_headers(opts.api_key)
     results: list[RunResult] = []
     errors = 0
     lock = threading.Lock()

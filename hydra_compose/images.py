@@ -97,7 +97,7 @@ class ImageSpec:
                 **({"CUDA_ARCHITECTURES": targets} if self.vendor == "nvidia" else {"GPU_TARGETS": targets})}
 
 
-def _devices_needing(cfg: ClusterConfig, host: Host, vendor: str) -> list:
+def _devices_needing(host: Host, vendor: str) -> list:
     devices = [d for d in host.devices if d.vendor == vendor]
     missing = [d.name or f"index {d.index}" for d in devices if not d.arch]
     if missing:
@@ -110,7 +110,7 @@ def _devices_needing(cfg: ClusterConfig, host: Host, vendor: str) -> list:
 def host_image(cfg: ClusterConfig, host: Host, vendor: str) -> ImageSpec:
     if vendor == "cpu":
         return ImageSpec("cpu", None, ())
-    archs = [d.arch for d in _devices_needing(cfg, host, vendor)]
+    archs = [d.arch for d in _devices_needing(host, vendor)]
     if vendor == "nvidia":
         return ImageSpec("nvidia", cuda_release(archs), tuple(sorted({str(_sm(a)) for a in archs}, key=int)))
     return ImageSpec("amd", rocm_release(archs), tuple(sorted(set(archs))))

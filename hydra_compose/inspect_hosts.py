@@ -93,8 +93,6 @@ def _first_int(text: str) -> int | None:
 
 def _lan_address(addresses: list[str]) -> str | None:
     """The address workers should bind to: a private IPv4, not loopback or a container bridge."""
-    import ipaddress
-
     good = []
     for a in addresses:
         try:
@@ -107,12 +105,10 @@ def _lan_address(addresses: list[str]) -> str | None:
 
 
 def _ipv4(value: str) -> bool:
-    from .safe_values import address
+    """An address another machine can dial (not the wildcard)."""
+    from .safe_values import WILDCARD, is_ipv4
 
-    try:
-        return ipaddress.ip_address(address(value)).version == 4
-    except ValueError:
-        return False
+    return is_ipv4(value) and value != WILDCARD
 
 
 def _host_name(raw: str, fallback: str) -> str:

@@ -20,6 +20,7 @@ from typing import Callable
 
 import httpx
 
+from .benchmark import auth_headers, model_id
 from .config import Host
 from .errors import HydraError
 from .topology import master_url, rpc_workers
@@ -44,10 +45,13 @@ class Stack:
         spec = self.host.ssh
         return spec if spec.startswith("ssh://") else f"ssh://{spec}"
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment docker runs with for this host (remote hosts over Docker's SSH transport)."""
+        return dict(os.environ, **({"DOCKER_HOST": self.docker_host} if self.docker_host else {}))
+
     def compose(self, *args: str, capture: bool = True, timeout: float | None = 1800) -> subprocess.CompletedProcess:
-        env = dict(os.environ)
-        if self.docker_host:
-            env["DOCKER_HOST"] = self.docker_host
+        env = self.env
         argv = ["docker", "compose", "-f", str(self.compose_file), *args]
         try:
             return subprocess.run(argv, capture_output=capture, text=True, env=env, timeout=timeout)
@@ -110,9 +114,9 @@ def running_refs(stack: Stack, rows: dict[str, dict] | None = None) -> dict[str,
     ids = {svc: row.get("ID") for svc, row in rows.items() if row.get("ID")}
     if not ids:
         return {}
-    env = dict(os.environ, **({"DOCKER_HOST": stack.docker_host} if stack.docker_host else {}))
     fmt = '{{index .Config.Labels "' + REF_LABEL + '"}}'
-    r = subprocess.run(["docker", "inspect", "-f", fmt, *ids.values()], capture_output=True, text=True, env=env)
+    r = subprocess.run(["docker", "inspect", "-f", fmt, *ids.values()], capture_output=True, text=True,
+                       env=stack.env)
     if r.returncode != 0:
         return {}
     values = r.stdout.splitlines()
@@ -179,9 +183,8 @@ def containers(stack: Stack) -> dict[str, dict]:
 
 
 def image_ref(stack: Stack, image: str) -> str | None:
-    env = dict(os.environ, **({"DOCKER_HOST": stack.docker_host} if stack.docker_host else {}))
     r = subprocess.run(["docker", "image", "inspect", "-f", "{{json .Config.Labels}}", image],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=stack.env)
     if r.returncode != 0:
         return None
     try:
@@ -258,7 +261,7 @@ def status(project, api_key: str | None) -> Status:  # noqa: ANN001
         if ref:
             refs[f"{cfg.master.host}/llama-server"] = ref
     url = master_url(cfg)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     m: dict = {"host": cfg.master.host, "port": cfg.master.port, "url": url, "state": ps.get("State", "missing"),
                "health": ps.get("Health") or None, "healthy": False, "model": None}
     command = server.get("command", [])
@@ -297,9 +300,8 @@ def _master_answers(url: str, headers: dict) -> dict:
             if not out["healthy"]:
                 return out
             try:
-                data = client.get("/v1/models").json().get("data")
-                out["model"] = data[0]["id"] if isinstance(data, list) and data and isinstance(data[0], dict) else None
-            except (ValueError, AttributeError, KeyError):
+                out["model"] = model_id(client.get("/v1/models").json())
+            except ValueError:
                 out["model"] = None
             try:
                 slots = client.get("/slots", timeout=4).json()

@@ -63,14 +63,14 @@ def git_ref(value: str) -> str:
 
 def ssh_target(value: str) -> str:
     m = _SSH.match(value)
-    if value.startswith("-") or not m or not _is_dns_name(m["host"]) and not _is_ipv4(m["host"]):
+    if value.startswith("-") or not m or not _is_dns_name(m["host"]) and not is_ipv4(m["host"]):
         raise ValueError(f"{value!r} is not an ssh target (user@host or ssh://user@host:port)")
     if m["port"] and not 1 <= int(m["port"]) <= 65535:
         raise ValueError(f"{value!r}: port {m['port']} is out of range")
     return value
 
 
-def _is_ipv4(value: str) -> bool:
+def is_ipv4(value: str) -> bool:
     try:
         return ipaddress.ip_address(value).version == 4
     except ValueError:
