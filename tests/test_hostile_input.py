@@ -529,3 +529,14 @@ def test_status_reads_garbage_compose_ps(monkeypatch, tmp_path):
                         lambda self, *a, **k: subprocess.CompletedProcess(a, 0, "{not json\n", ""))
     with pytest.raises(HydraError, match="printed something unexpected"):
         lifecycle.containers(stack)
+
+
+def test_mmproj_that_is_not_a_projector(tmp_path, model_dir):
+    project(tmp_path, model_dir, GOOD.replace(MODEL_LINE, "  m: {file: gqa-q8.gguf, mmproj: gqa-q8.gguf, default: true}"))
+    one_line_failure(run_cli("generate", cwd=tmp_path), "not a vision projector")
+    nothing_generated(tmp_path)
+
+
+def test_unknown_experts_mode(tmp_path, model_dir):
+    project(tmp_path, model_dir, GOOD)
+    one_line_failure(run_cli("plan", "--experts", "ram", cwd=tmp_path), "--experts ram is unknown", code=2)
