@@ -17,7 +17,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from hydra_compose.gguf_facts import read_model
+from hydra_compose.modelfacts.gguf_facts import read_model
 
 N_LAYER, N_EMBD, N_FF, N_VOCAB, N_HEAD, N_KV = 64, 5120, 27648, 152_064, 40, 8
 
@@ -69,7 +69,7 @@ def write_sparse(path: Path) -> int:
 
 def read_model_end(path: Path) -> int:
     """Where the data region must end: header length + padded tensor bytes (gguf's own layout)."""
-    from hydra_compose.gguf_facts import HeaderReader, TruncatedError
+    from hydra_compose.modelfacts.gguf_facts import HeaderReader, TruncatedError
 
     try:
         HeaderReader(path)

@@ -21,11 +21,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import CACHE  # noqa: E402
 from test_plan_accuracy import cluster_for  # noqa: E402
 
-from hydra_compose.benchmark import BenchOptions, run_benchmark  # noqa: E402
-from hydra_compose.gguf_facts import read_model  # noqa: E402
-from hydra_compose.localrun import loopback_cluster  # noqa: E402
-from hydra_compose.plan import PlanOptions, make_plan  # noqa: E402
-from hydra_compose.synthetic import ModelShape, write_gguf  # noqa: E402
+from hydra_compose.runtime.benchmark import BenchOptions, run_benchmark  # noqa: E402
+from hydra_compose.modelfacts.gguf_facts import read_model  # noqa: E402
+from support.localrun import loopback_cluster  # noqa: E402
+from hydra_compose.planner.plan import PlanOptions, make_plan  # noqa: E402
+from support.synthetic import ModelShape, write_gguf  # noqa: E402
 
 MiB = 1024 * 1024
 SHAPE = ModelShape("moe-bench", arch="qwen3moe", n_layer=8, n_embd=1024, n_head=16, n_head_kv=4, head_dim=64,

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import CACHE  # noqa: E402
 from test_plan_accuracy import CASES, model_path, run_case, tolerance  # noqa: E402
 
-from hydra_compose.synthetic import ARCH_SHAPES, TEST_SHAPES, write_gguf  # noqa: E402
+from support.synthetic import ARCH_SHAPES, TEST_SHAPES, write_gguf  # noqa: E402
 
 MiB = 1024 * 1024
 

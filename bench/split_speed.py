@@ -19,11 +19,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import CACHE  # noqa: E402
 
-from hydra_compose.config import ClusterConfig  # noqa: E402
-from hydra_compose.gguf_facts import read_model  # noqa: E402
-from hydra_compose.localrun import loopback_cluster  # noqa: E402
-from hydra_compose.plan import PlanOptions, make_plan  # noqa: E402
-from hydra_compose.synthetic import SPEED_SHAPE, write_gguf  # noqa: E402
+from hydra_compose.inventory.config import ClusterConfig  # noqa: E402
+from hydra_compose.modelfacts.gguf_facts import read_model  # noqa: E402
+from support.localrun import loopback_cluster  # noqa: E402
+from hydra_compose.planner.plan import PlanOptions, make_plan  # noqa: E402
+from support.synthetic import SPEED_SHAPE, write_gguf  # noqa: E402
 
 GRID = ["1/0", "3/1", "1/1", "1/3", "0/1"]
 ROUNDS = 3

@@ -30,7 +30,7 @@ def _console():  # noqa: ANN202
 
 def _project():  # noqa: ANN202
     from .commands.context import open_project
-    from .config import config_path
+    from .inventory.config import config_path
 
     return open_project(config_path(_state["config"]))
 
@@ -66,7 +66,7 @@ def init() -> None:
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the GGUF models in models/ (read from their headers only)."""
     from .commands import models as cmd
-    from .config import config_path
+    from .inventory.config import config_path
 
     cfg_path = config_path(_state["config"])
     facts = cmd.run(cfg_path.resolve().parent / "models")
@@ -96,7 +96,7 @@ def _layers(m) -> str:  # noqa: ANN001
 
 
 def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts=None) -> dict:  # noqa: ANN001
-    from .config import CACHE_TYPES
+    from .inventory.config import CACHE_TYPES
     from .errors import UsageError
 
     for name, value in (("--cache-type-k", cache_type_k), ("--cache-type-v", cache_type_v)):
@@ -199,11 +199,11 @@ def inspect_cmd(targets: Optional[list[str]] = typer.Argument(
                 timeout: float = typer.Option(10.0, "--timeout", min=1, help="SSH connect timeout in seconds.")) -> None:
     """Find GPUs (vendor, arch, VRAM, power limits), CPU, RAM, Docker and GIDs, here or over SSH."""
     from .commands import inspect as cmd
-    from .config import config_path
+    from .inventory.config import config_path
 
     r = cmd.run(targets or [], config_path(_state["config"]), write, timeout)
     if as_json:
-        from .inspect_hosts import to_json
+        from .inventory.discovery import to_json
 
         print(json.dumps(to_json(list(r.reports), list(r.errors)), indent=2))
     else:
@@ -242,7 +242,7 @@ _HOSTS = typer.Argument(None, help="Hosts of cluster.yaml (default: all).")
 def up(hosts: Optional[list[str]] = _HOSTS,
        no_build: bool = typer.Option(False, "--no-build", help="Use the images already built.")) -> None:
     """Start the generated stacks: workers first, then the master."""
-    from . import lifecycle
+    from .runtime import stacks as lifecycle
 
     o = _console()
     lifecycle.up(_project(), hosts, o.print, build=not no_build)
@@ -252,7 +252,7 @@ def up(hosts: Optional[list[str]] = _HOSTS,
 def down(hosts: Optional[list[str]] = _HOSTS,
          volumes: bool = typer.Option(False, "-v", "--volumes", help="Also remove the workers' tensor caches.")) -> None:
     """Stop the stacks: the master first, then the workers."""
-    from . import lifecycle
+    from .runtime import stacks as lifecycle
 
     lifecycle.down(_project(), hosts, _console().print, volumes)
 
@@ -260,7 +260,7 @@ def down(hosts: Optional[list[str]] = _HOSTS,
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON (versioned).")) -> None:
     """Workers (container, port, llama.cpp ref) and master (health, model, slots, tok/s); warnings."""
-    from . import lifecycle
+    from .runtime import stacks as lifecycle
     from .commands.bench import master_api_key
 
     project = _project()
@@ -290,7 +290,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON (versi
 @app.command()
 def swap(model: str = typer.Argument(..., help="Model name from cluster.yaml or a .gguf in models/.")) -> None:
     """Plan and regenerate for another model, restart only the master (workers keep running)."""
-    from . import lifecycle
+    from .runtime import stacks as lifecycle
 
     o = _console()
     r = lifecycle.swap(_project(), model, o.print)
@@ -303,7 +303,7 @@ def logs(host: Optional[str] = typer.Argument(None, help="Host (default: the mas
          service: Optional[str] = typer.Argument(None, help="Service, e.g. llama-server or rpc-cpu0."),
          follow: bool = typer.Option(True, "--follow/--no-follow", "-f", help="Keep following.")) -> None:
     """Show a host's container logs through compose."""
-    from . import lifecycle
+    from .runtime import stacks as lifecycle
 
     project = _project()
     raise typer.Exit(lifecycle.logs(project, host or project.config.master.host, service, follow))
@@ -323,7 +323,7 @@ _TIMEOUT = typer.Option(600.0, "--timeout", min=1, max=86400, help="Seconds one 
 
 
 def _optional_project():  # noqa: ANN202
-    from .config import config_path
+    from .inventory.config import config_path
 
     return _project() if config_path(_state["config"]).exists() else None
 
@@ -346,7 +346,7 @@ def bench(ctx: typer.Context, url: Optional[str] = _URL, model: Optional[str] = 
         return
     from rich.progress import Progress
 
-    from .benchmark import run_benchmark
+    from .runtime.benchmark import run_benchmark
     from .commands import bench as cmd
 
     opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout)

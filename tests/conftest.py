@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hydra_compose.cli import app
-from hydra_compose.synthetic import ARCH_SHAPES, TEST_SHAPES, write_gguf
+from support.synthetic import ARCH_SHAPES, TEST_SHAPES, write_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("HYDRA_CACHE", ROOT / ".cache"))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import CACHE, run_cli, smollm2_path
-from hydra_compose.llama_log import parse_server_log
+from support.llama_log import parse_server_log
 
 pytestmark = pytest.mark.docker
 MiB = 1024 * 1024

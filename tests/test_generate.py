@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from hydra_compose.synthetic import TEST_SHAPES, write_gguf
+from support.synthetic import TEST_SHAPES, write_gguf
 
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.yaml"))
 GOLDEN = ROOT / "tests" / "golden"

@@ -296,8 +296,8 @@ def test_generate_refuses_to_run_twice_at_once(tmp_path, model_dir):
 
 
 def test_generate_rolls_back_when_a_move_fails(tmp_path, model_dir, monkeypatch):
-    from hydra_compose import writer
-    from hydra_compose.render import RenderedFile
+    from hydra_compose.runtime import writer
+    from hydra_compose.render.compose import RenderedFile
 
     (tmp_path / "a.txt").write_text("before\n")
     writer.write_files(tmp_path, [RenderedFile("a.txt", "before\n")], force=True)
@@ -362,7 +362,7 @@ def test_healthcheck_passes_the_url_as_an_argument(tmp_path, model_dir):
 
 
 def test_compose_values_never_interpolate(tmp_path):
-    from hydra_compose.render import Interpolated, _Dumper
+    from hydra_compose.render.compose import Interpolated, _Dumper
 
     text = yaml.dump({"a": "cost $5 ${HOME}", "b": Interpolated("${KEY:?set it}")}, Dumper=_Dumper)
     assert "cost $$5 $${HOME}" in text and "${KEY:?set it}" in text and "$${KEY" not in text
@@ -372,7 +372,7 @@ def test_compose_values_never_interpolate(tmp_path):
 
 def test_inspect_never_copies_a_hostile_address(tmp_path):
     from hydra_compose.commands.inspect import merge
-    from hydra_compose.inspect_hosts import InspectTarget, parse_report
+    from hydra_compose.inventory.discovery import InspectTarget, parse_report
 
     probe = ("==hostname\nevil;touch /tmp/p\n==addresses\nx;touch /tmp/p;#\n$(id)\n192.168.1.20\n"
              "==cores\n4\n==meminfo\nMemTotal: 8000000 kB\n==nvidia_smi\n0, RTX\\n4090, 24564, 8.9, 450, 150, 600, 0000:01:00.0\n"
@@ -381,16 +381,16 @@ def test_inspect_never_copies_a_hostile_address(tmp_path):
     assert rep.addresses == ["192.168.1.20"] and rep.address == "192.168.1.20"
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", rep.name)
     merged = merge({"master": {"host": "x"}, "hosts": []}, [rep])
-    from hydra_compose.config import parse_config
+    from hydra_compose.inventory.config import parse_config
 
     parse_config(yaml.safe_dump(merged))  # what --write would write is a valid inventory
 
 
 def test_inspect_without_a_usable_address_refuses_to_write(tmp_path):
     from hydra_compose.commands.inspect import merge
-    from hydra_compose.config import parse_config
+    from hydra_compose.inventory.config import parse_config
     from hydra_compose.errors import ConfigError
-    from hydra_compose.inspect_hosts import InspectTarget, parse_report
+    from hydra_compose.inventory.discovery import InspectTarget, parse_report
 
     rep = parse_report(InspectTarget("ssh://root@box", "ssh://root@box"),
                        "==hostname\nbox\n==addresses\n$(id)\n==cores\n2\n==end\n")
@@ -489,7 +489,7 @@ def test_bench_failed_runs_exit_non_zero(tmp_path):
 
 
 def test_ssh_targets_cannot_smuggle_options():
-    from hydra_compose.power import PowerError, ssh_argv
+    from hydra_compose.runtime.power import PowerError, ssh_argv
 
     for spec in ("-oProxyCommand=touch /tmp/p", "ssh://-oProxyCommand=x", "root@box;id", "root@box id"):
         with pytest.raises(PowerError):
@@ -508,7 +508,7 @@ def test_status_with_a_broken_compose_file(tmp_path, model_dir):
 
 
 def test_status_reads_garbage_answers_without_crashing():
-    from hydra_compose.lifecycle import _master_answers
+    from hydra_compose.runtime.stacks import _master_answers
 
     server = Hostile({"/health": (200, b"{}"), "/v1/models": (200, b"[garbage"), "/slots": (200, b'{"a": 1}'),
                       "/metrics": (200, b"llamacpp:predicted_tokens_seconds notanumber\n")})
@@ -520,8 +520,8 @@ def test_status_reads_garbage_answers_without_crashing():
 
 
 def test_status_reads_garbage_compose_ps(monkeypatch, tmp_path):
-    from hydra_compose import lifecycle
-    from hydra_compose.config import parse_config
+    from hydra_compose.runtime import stacks as lifecycle
+    from hydra_compose.inventory.config import parse_config
     from hydra_compose.errors import HydraError
 
     stack = lifecycle.Stack(parse_config(GOOD).hosts[0], tmp_path / "x.yml", True)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from hydra_compose.synthetic import TEST_SHAPES, write_gguf
+from support.synthetic import TEST_SHAPES, write_gguf
 from test_e2e_docker import SOURCE, cpu_project, hydra_containers  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.docker

@@ -10,8 +10,8 @@ import gguf
 import numpy as np
 
 from conftest import run_cli
-from hydra_compose.gguf_facts import read_model
-from hydra_compose.synthetic import TEST_SHAPES, ModelShape, write_gguf
+from hydra_compose.modelfacts.gguf_facts import read_model
+from support.synthetic import TEST_SHAPES, ModelShape, write_gguf
 
 
 def test_facts_of_synthetic_shapes(model_dir):
@@ -80,7 +80,7 @@ def test_split_model_counts_once(tmp_path):
     m = read_model(parts[0])
     assert len(m.parts) == 2 and m.n_layer == shape.n_layer
     assert all(b > 0 for b in m.layer_bytes)
-    from hydra_compose.gguf_facts import list_models
+    from hydra_compose.modelfacts.gguf_facts import list_models
 
     assert [x.name for x in list_models(tmp_path)] == ["big-00001-of-00002.gguf"]
 

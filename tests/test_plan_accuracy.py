@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 from conftest import gemma3_path, smollm2_path
-from hydra_compose.config import ClusterConfig
-from hydra_compose.gguf_facts import read_model
-from hydra_compose.llama_log import parse_server_log
-from hydra_compose.localrun import loopback_cluster
-from hydra_compose.plan import PlanOptions, make_plan
-from hydra_compose.synthetic import ARCH_SHAPES, TEST_SHAPES
+from hydra_compose.inventory.config import ClusterConfig
+from hydra_compose.modelfacts.gguf_facts import read_model
+from support.llama_log import parse_server_log
+from support.localrun import loopback_cluster
+from hydra_compose.planner.plan import PlanOptions, make_plan
+from support.synthetic import ARCH_SHAPES, TEST_SHAPES
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.native

@@ -7,11 +7,11 @@ import gguf
 import numpy as np
 import pytest
 
-from hydra_compose.config import ClusterConfig
+from hydra_compose.inventory.config import ClusterConfig
 from hydra_compose.errors import PlanError
-from hydra_compose.gguf_facts import read_model, read_projector
-from hydra_compose.memory import CacheOptions, layer_kv_bytes, layer_state_bytes
-from hydra_compose.plan import PlanOptions, expert_override, make_plan
+from hydra_compose.modelfacts.gguf_facts import read_model, read_projector
+from hydra_compose.planner.memory import CacheOptions, layer_kv_bytes, layer_state_bytes
+from hydra_compose.planner.plan import PlanOptions, expert_override, make_plan
 
 MiB = 1024 * 1024
 

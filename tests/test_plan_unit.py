@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hydra_compose.config import ClusterConfig
+from hydra_compose.inventory.config import ClusterConfig
 from hydra_compose.errors import PlanError
-from hydra_compose.gguf_facts import ModelFacts
-from hydra_compose.plan import CTX_STEP, PlanOptions, make_plan
+from hydra_compose.modelfacts.gguf_facts import ModelFacts
+from hydra_compose.planner.plan import CTX_STEP, PlanOptions, make_plan
 
 GiB = 1024**3
 MiB = 1024**2

@@ -6,10 +6,10 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from ..benchmark import BenchError, BenchOptions, BenchResult, run_benchmark, served_model
+from ..runtime.benchmark import BenchError, BenchOptions, BenchResult, run_benchmark, served_model
 from ..errors import UsageError
-from ..power import AmdGpu, Gpu, NvidiaGpu, PowerError, SweepRow, Target, sweep
-from ..topology import master_url
+from ..runtime.power import AmdGpu, Gpu, NvidiaGpu, PowerError, SweepRow, Target, sweep
+from ..inventory.topology import master_url
 from .context import Project
 
 
@@ -98,7 +98,7 @@ def power_sweep(gpus: list[Gpu], limits: list[float], opts: BenchOptions, settle
 
 
 def write_sweep(rows: list[SweepRow], out: Path) -> list[Path]:
-    from ..plots import sweep_plots
+    from ..runtime.plots import sweep_plots
 
     out.mkdir(parents=True, exist_ok=True)
     data = [asdict(r) for r in rows]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import safe_values
-from ..config import ClusterConfig, ModelEntry, load_config
+from ..inventory import safe_values
+from ..inventory.config import ClusterConfig, ModelEntry, load_config
 from ..errors import ConfigError, ModelError
-from ..gguf_facts import ModelFacts, ProjectorFacts, read_model, read_projector
+from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts, read_model, read_projector
 
 
 @dataclass(frozen=True)

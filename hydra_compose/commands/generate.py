@@ -6,10 +6,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..plan import Plan, PlanOptions, make_plan
-from ..render import (RenderedFile, ServedModel, build_source, render_compose, render_dockerfiles, render_env,
+from ..planner.plan import Plan, PlanOptions, make_plan
+from ..render.compose import (RenderedFile, ServedModel, build_source, render_compose, render_dockerfiles, render_env,
                       render_supervisor)
-from ..writer import write_files
+from ..runtime.writer import write_files
 from .context import Project
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from ..config import parse_config
+from ..inventory.config import parse_config
 from ..errors import ConfigError, UsageError
-from ..inspect_hosts import HostReport, InspectTarget, plain_text, inspect
+from ..inventory.discovery import HostReport, InspectTarget, plain_text, inspect
 
 # Fields inspect owns on a device; everything else (rpc_port, reserve_gb, threads, ...) is the user's.
 DETECTED = ("name", "arch", "vram_gb", "bus_id", "power_limit_w", "power_min_w", "power_max_w")

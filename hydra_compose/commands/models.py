@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..gguf_facts import ModelFacts, list_models
+from ..modelfacts.gguf_facts import ModelFacts, list_models
 
 
 def run(models_dir: Path) -> list[ModelFacts]:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ..plan import Plan, PlanOptions, make_plan
+from ..planner.plan import Plan, PlanOptions, make_plan
 from .context import Project
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import httpx
 
-from .errors import HydraError
+from ..errors import HydraError
 
 FILLER = "The quick brown fox jumps over the lazy dog while the river keeps flowing to the sea. "
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import DEFAULT_RPC_PORT, ClusterConfig, Device, Host
-from .errors import ConfigError
+from ..errors import ConfigError
 
 BACKEND_PREFIX = {"nvidia": "CUDA", "amd": "ROCm", "cpu": "CPU"}
 

@@ -21,9 +21,9 @@ from typing import Callable
 import httpx
 
 from .benchmark import auth_headers, model_id
-from .config import Host
-from .errors import HydraError
-from .topology import master_url, rpc_workers
+from ..inventory.config import Host
+from ..errors import HydraError
+from ..inventory.topology import master_url, rpc_workers
 
 REF_LABEL = "io.hydra-compose.llama-cpp-ref"
 
@@ -324,7 +324,7 @@ def _master_answers(url: str, headers: dict) -> dict:
 
 def swap(project, model: str, report: Callable[[str], None]) -> dict:  # noqa: ANN001
     """Regenerate for another model and restart only the master; workers keep running."""
-    from .commands import generate
+    from ..commands import generate
 
     before = {s.host.name: containers(s) for s in stacks(project)}
     result = generate.run(project, model, None, force=False)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import safe_values
-from .errors import ConfigError
+from ..errors import ConfigError
 
 CONFIG_ENV = "HYDRA_CONFIG"
 DEFAULT_CONFIG = "cluster.yaml"

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .errors import HydraError
+from ..errors import HydraError
 
 
 class PowerError(HydraError):
@@ -30,7 +30,7 @@ class PowerError(HydraError):
 
 def ssh_destination(spec: str) -> tuple[str, str | None]:
     """'ssh://user@host:port', 'user@host:port' or 'user@host' -> (user@host, port)."""
-    from .safe_values import ssh_target
+    from ..inventory.safe_values import ssh_target
 
     m = re.fullmatch(r"(?:ssh://)?(?P<dest>[^:/]+)(?::(?P<port>\d+))?/?", spec)
     try:

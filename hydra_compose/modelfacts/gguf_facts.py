@@ -17,7 +17,7 @@ import gguf
 from gguf.constants import GGUFValueType
 
 from . import arch_rules
-from .errors import ModelError
+from ..errors import ModelError
 
 _PART = re.compile(r"^(?P<stem>.+)-(?P<idx>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _LAYER = re.compile(r"^blk\.(\d+)\.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .config import Device, Host
+from ..inventory.config import Device, Host
 
 # Memory bandwidth in GB/s of common cards (vendor datasheets). Matched as a
 # substring of the device name, longest key first, case-insensitive.

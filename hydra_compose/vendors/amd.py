@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-from .power import find_number
+from ..runtime.power import find_number
 
 # Compute capability by card name, for drivers whose nvidia-smi rejects compute_cap.
 NVIDIA_NAME_ARCH = (("rtx 50", "sm_120"), ("rtx pro 6000", "sm_120"), ("rtx 40", "sm_89"), ("l40", "sm_89"),

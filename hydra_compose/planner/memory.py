@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import accumulate
 
-from .gguf_facts import ModelFacts, cache_type_bytes
+from ..modelfacts.gguf_facts import ModelFacts, cache_type_bytes
 
 N_UBATCH = 512
 PIPELINE_COPIES = 4  # ggml_backend_sched copies of graph inputs with pipeline parallelism (RPC included)

@@ -13,9 +13,9 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .gpu_parse import (GpuInfo, ParseError, parse_amd_smi, parse_nvidia_smi, parse_rocm_smi, parse_rocminfo,
+from ..vendors.amd import (GpuInfo, ParseError, parse_amd_smi, parse_nvidia_smi, parse_rocm_smi, parse_rocminfo,
                         parse_sysfs)
-from .power import ssh_argv
+from ..runtime.power import ssh_argv
 
 
 @dataclass(frozen=True)

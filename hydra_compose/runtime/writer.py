@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputError
-from .render import RenderedFile
+from ..errors import OutputError
+from ..render.compose import RenderedFile
 
 MANIFEST = ".hydra-generated.json"
 LOCK = ".hydra-generate.lock"

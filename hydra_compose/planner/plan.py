@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .config import GiB, ClusterConfig, ModelEntry
-from .errors import PlanError
-from .gguf_facts import ModelFacts, ProjectorFacts
+from ..inventory.config import GiB, ClusterConfig, ModelEntry
+from ..errors import PlanError
+from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts
 from .memory import F32, N_UBATCH, CacheOptions, DeviceMemory
 from .placement import Ranges, Slot, best, copies_for, predicted_token_s
 from .speed import HOST_RAM_GBS, RPC_FIXED_S, device_bandwidth_gbs, rpc_overhead_s
-from .topology import BACKEND_PREFIX, local_gpus, rpc_workers
+from ..inventory.topology import BACKEND_PREFIX, local_gpus, rpc_workers
 
 MiB = 1024 * 1024
 CTX_STEP = 256

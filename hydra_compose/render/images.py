@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ClusterConfig, Host
-from .errors import RenderError
-from .topology import master_vendor
+from ..inventory.config import ClusterConfig, Host
+from ..errors import RenderError
+from ..inventory.topology import master_vendor
 
 CPU_FLAGS = "-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 UBUNTU_VERSION = "24.04"
