@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import CACHE  # noqa: E402
-from test_plan_accuracy import cluster_for  # noqa: E402
+from support.paths import NATIVE_BIN  # noqa: E402
+from support.accuracy import cluster_for  # noqa: E402
 
 from hydra_compose.runtime.benchmark import BenchOptions, run_benchmark  # noqa: E402
 from hydra_compose.modelfacts.gguf_facts import read_model  # noqa: E402
@@ -35,7 +35,7 @@ VARIANTS = (("experts on the devices", "gpu", 2.0), ("auto: experts of some laye
 
 
 def main() -> None:
-    bin_dir = CACHE / "llama-native-11434.0.0" / "bin"
+    bin_dir = NATIVE_BIN
     work = Path(tempfile.mkdtemp(prefix="moe-offload-"))
     path = write_gguf(work / "moe-bench.gguf", SHAPE)
     model = read_model(path)

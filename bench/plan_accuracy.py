@@ -1,7 +1,7 @@
 """Planned vs actual memory per device, for every architecture and test shape.
 
 Starts 2-3 CPU workers on loopback and llama-server with each plan's arguments
-(the cases of tests/test_plan_accuracy.py: a fixed context, and the context the
+(the cases of tests/support/accuracy.py: a fixed context, and the context the
 planner picks itself on small workers), then prints what llama-server reports
 allocating (model + KV + recurrent state + compute, from its -lv 4 log) next to
 the plan, and the worst deviation per architecture.
@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import CACHE  # noqa: E402
-from test_plan_accuracy import CASES, model_path, run_case, tolerance  # noqa: E402
+from support.paths import NATIVE_BIN  # noqa: E402
+from support.accuracy import CASES, model_path, run_case, tolerance  # noqa: E402
 
 from support.synthetic import ARCH_SHAPES, TEST_SHAPES, write_gguf  # noqa: E402
 
@@ -27,7 +27,7 @@ MiB = 1024 * 1024
 
 
 def main() -> None:
-    bin_dir = CACHE / "llama-native-11434.0.0" / "bin"
+    bin_dir = NATIVE_BIN
     work = Path(tempfile.mkdtemp(prefix="plan-accuracy-"))
     for s in TEST_SHAPES + ARCH_SHAPES:
         write_gguf(work / f"{s.name}.gguf", s)

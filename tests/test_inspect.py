@@ -17,7 +17,7 @@ from conftest import REQUIRE_HEAVY, run_cli
 
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures" / "inspect"
-RECORDED = HERE / "standins" / "recorded"
+RECORDED = HERE / "support" / "standins" / "recorded"
 TOOLS = ("nvidia-smi", "amd-smi", "rocm-smi", "rocminfo")
 
 

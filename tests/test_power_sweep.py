@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from fake_server import FakeLlama
+from support.fake_server import FakeLlama
 
-STANDINS = Path(__file__).parent / "standins"
+STANDINS = Path(__file__).parent / "support" / "standins"
 
 
 @pytest.fixture

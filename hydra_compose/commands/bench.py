@@ -6,10 +6,13 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from ..runtime.benchmark import BenchError, BenchOptions, BenchResult, run_benchmark, served_model
-from ..errors import UsageError
-from ..runtime.power import AmdGpu, Gpu, NvidiaGpu, PowerError, SweepRow, Target, sweep
+from .. import vendors
+from ..errors import BenchError, PowerError, UsageError
 from ..inventory.topology import master_url
+from ..runtime.benchmark import BenchOptions, BenchResult, run_benchmark, served_model
+from ..runtime.power import SweepRow, sweep
+from ..runtime.ssh import Target
+from ..vendors.base import PowerControl
 from .context import Project
 
 
@@ -34,6 +37,10 @@ def options(project: Project | None, url: str | None, model: str | None, **kw: o
     return BenchOptions(url=url.rstrip("/"), model=model, api_key=key, **kw)  # type: ignore[arg-type]
 
 
+def run(opts: BenchOptions, advance=None) -> BenchResult:  # noqa: ANN001
+    return run_benchmark(opts, advance)
+
+
 def check_runs(result: BenchResult) -> None:
     """A benchmark with failed runs is not a measurement."""
     if not result.runs or result.errors:
@@ -52,8 +59,8 @@ def write_bench(result: BenchResult, out: Path) -> list[Path]:
     return [out / "bench.json", out / "bench.csv"]
 
 
-def gpus_for(project: Project | None, specs: list[str]) -> list[Gpu]:
-    gpus: list[Gpu] = []
+def gpus_for(project: Project | None, specs: list[str]) -> list[PowerControl]:
+    gpus: list[PowerControl] = []
     for spec in specs:
         m = re.fullmatch(r"(?P<host>[^:]+):(?P<index>\d+)", spec)
         if not m:
@@ -68,26 +75,28 @@ def gpus_for(project: Project | None, specs: list[str]) -> list[Gpu]:
             if not host.ssh:
                 raise UsageError(f"host {host_name} has no ssh: entry", "add ssh: root@ADDRESS to it in cluster.yaml")
             target = Target(host_name, host.ssh)
-            vendors = {d.vendor for d in host.devices if d.is_gpu and (d.index or 0) == index}
-            vendor = vendors.pop() if len(vendors) == 1 else None
-        gpus.append((AmdGpu if vendor == "amd" or (vendor is None and _is_amd(target)) else NvidiaGpu)(target, index))
+            found = {d.vendor for d in host.devices if d.is_gpu and (d.index or 0) == index}
+            vendor = found.pop() if len(found) == 1 else None
+        power = vendors.get(vendor).power if vendor else _power_tool(target)
+        if power is None:
+            raise UsageError(f"--gpu {spec}: {vendor} devices have no power limit we can set", "pick a GPU")
+        gpus.append(power(target, index))
     return gpus
 
 
-def _is_amd(target: Target) -> bool:
-    """Without an inventory entry: AMD when amd-smi runs and nvidia-smi does not."""
-    try:
-        target.run(["nvidia-smi", "-L"])
-        return False
-    except PowerError:
+def _power_tool(target: Target):  # noqa: ANN202
+    """Without an inventory entry: the first vendor whose tool answers there (NVIDIA before AMD)."""
+    tools = [v.power for v in vendors.ALL if v.power is not None]
+    for power in tools:
         try:
-            target.run(["amd-smi", "version"])
-            return True
+            target.run(power.probe_argv)
+            return power
         except PowerError:
-            return False
+            continue
+    return tools[0]  # its own error then says which tool is missing
 
 
-def power_sweep(gpus: list[Gpu], limits: list[float], opts: BenchOptions, settle_s: float,
+def power_sweep(gpus: list[PowerControl], limits: list[float], opts: BenchOptions, settle_s: float,
                 on_step=None) -> list[SweepRow]:  # noqa: ANN001
     def bench() -> float:
         result = run_benchmark(opts)

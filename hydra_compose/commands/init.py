@@ -18,7 +18,6 @@ class InitResult:
     config_written: bool
     models_dir: Path
     demo_model: Path | None
-    demo_available: bool
 
 
 def demo_model_source() -> Path | None:
@@ -52,4 +51,4 @@ def run(directory: Path) -> InitResult:
                 os.replace(target.with_suffix(".part"), target)
     except OSError as exc:
         raise OutputError(f"cannot write in {directory}: {exc.strerror}", "run init in a writable directory") from None
-    return InitResult(config, written, models, target if target.exists() else None, source is not None)
+    return InitResult(config, written, models, target if target.exists() else None)

@@ -16,8 +16,10 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import safe_values
+from .. import vendors
 from ..errors import ConfigError
+from ..vendors.base import Vendor
+from . import safe_values
 
 CONFIG_ENV = "HYDRA_CONFIG"
 DEFAULT_CONFIG = "cluster.yaml"
@@ -35,12 +37,6 @@ Port = Annotated[int, Field(ge=1024, le=65535)]  # unprivileged: containers run 
 Address = Annotated[str, AfterValidator(safe_values.address)]
 BindAddress = Annotated[str, AfterValidator(safe_values.bind_address)]
 ModelFile = Annotated[str, AfterValidator(safe_values.file_in_models)]
-# What llama.cpp keeps free on a GPU by default (--fit-target 1024 MiB); a CPU worker's
-# memory_gb is already what it may use.
-GPU_RESERVE_GB = 1.0
-
-_NVIDIA_ARCH = re.compile(r"^sm_(\d{2,3})a?$")
-_AMD_ARCH = re.compile(r"^gfx[0-9a-f]{3,4}$")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 
@@ -89,7 +85,7 @@ class MasterSection(Strict):
 
 
 class Device(Strict):
-    vendor: Literal["nvidia", "amd", "cpu"]
+    vendor: Literal[vendors.NAMES]  # type: ignore[valid-type]
     name: str | None = None
     arch: str | None = None
     index: Annotated[int, Field(ge=0, le=255)] | None = None
@@ -97,7 +93,7 @@ class Device(Strict):
     memory_gb: Annotated[float, Field(gt=0, le=65536)] | None = None
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     rpc_port: Port | None = None
-    reserve_gb: NonNegative | None = None  # default: GPU_RESERVE_GB on GPUs (at most a quarter), 0 on CPUs
+    reserve_gb: NonNegative | None = None  # default: the vendor's (1 GiB on GPUs, at most a quarter; 0 on CPUs)
     bandwidth_gbs: Positive | None = None
     bus_id: Annotated[str, Field(pattern=r"^[0-9A-Fa-f:.]{1,32}$")] | None = None
     power_limit_w: Annotated[float, Field(gt=0, le=10000)] | None = None
@@ -111,38 +107,41 @@ class Device(Strict):
 
     @model_validator(mode="after")
     def _vendor_fields(self) -> Device:
-        if self.vendor == "cpu":
+        record = self.record
+        if not record.is_gpu:
             if self.vram_gb is not None:
-                raise ValueError("a cpu device has memory_gb, not vram_gb")
+                raise ValueError(f"a {self.vendor} device has memory_gb, not vram_gb")
             if self.memory_gb is None:
-                raise ValueError("a cpu device needs memory_gb (the RAM the worker may use)")
-            if self.arch is not None:
-                raise ValueError("a cpu device has no arch")
+                raise ValueError(f"a {self.vendor} device needs memory_gb (the RAM the worker may use)")
         else:
             if self.memory_gb is not None:
                 raise ValueError(f"an {self.vendor} device has vram_gb, not memory_gb")
             if self.vram_gb is None:
                 raise ValueError(f"an {self.vendor} device needs vram_gb")
         if self.arch is not None:
-            pattern = _NVIDIA_ARCH if self.vendor == "nvidia" else _AMD_ARCH
-            if not pattern.match(self.arch):
-                example = "sm_89" if self.vendor == "nvidia" else "gfx1100"
-                raise ValueError(f"unknown {self.vendor} arch {self.arch!r} (write it like {example})")
+            problem = record.arch_error(self.arch)
+            if problem:
+                raise ValueError(problem)
         memory = self.memory_gb or self.vram_gb or 0
         if self.reserve >= memory:
             raise ValueError(f"reserve_gb {self.reserve} leaves no memory of {memory} GB")
         return self
 
     @property
+    def record(self) -> Vendor:
+        """This device's vendor record: everything vendor-specific is asked there."""
+        return vendors.get(self.vendor)
+
+    @property
     def reserve(self) -> float:
         """GB kept free on the device: reserve_gb, else the vendor default."""
         if self.reserve_gb is not None:
             return self.reserve_gb
-        return 0.0 if self.vendor == "cpu" else min(GPU_RESERVE_GB, (self.vram_gb or 0) / 4)
+        return self.record.default_reserve_gb(self.memory_gb or self.vram_gb or 0)
 
     @property
     def is_gpu(self) -> bool:
-        return self.vendor != "cpu"
+        return self.record.is_gpu
 
     @property
     def memory_bytes(self) -> int:
@@ -175,7 +174,7 @@ class Host(Strict):
 
     @model_validator(mode="after")
     def _distinct_gpus(self) -> Host:
-        for vendor in ("nvidia", "amd"):
+        for vendor in dict.fromkeys(d.vendor for d in self.devices if d.is_gpu):
             gpus = [i for i, d in enumerate(self.devices) if d.vendor == vendor]
             unindexed = [i for i in gpus if self.devices[i].index is None]
             if len(gpus) > 1 and unindexed:  # else both would be handed GPU 0

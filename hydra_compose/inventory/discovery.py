@@ -1,21 +1,20 @@
-"""Inspecting hosts: run the probe script here or over SSH, parse what it printed.
+"""What inspect learns about a host, from the probe's raw output, and how that merges into
+cluster.yaml. Pure functions over text: runtime/probe.py runs the probe (data/probe.sh) here
+or over SSH; each vendor record parses its own tools' sections.
 
-The probe (data/probe.sh) only prints raw tool output; all parsing happens here,
-so remote hosts need nothing installed beyond their GPU driver tools.
+Another machine's output is data, never trusted as is: only IPv4 addresses are taken, names
+are reduced to safe characters, numbers must be finite decimals.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 import ipaddress
 import re
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..vendors.amd import (GpuInfo, ParseError, parse_amd_smi, parse_nvidia_smi, parse_rocm_smi, parse_rocminfo,
-                        parse_sysfs)
-from ..runtime.power import ssh_argv
+from .. import vendors
+from ..vendors.base import GpuInfo
+from .safe_values import WILDCARD, is_ipv4
 
 
 @dataclass(frozen=True)
@@ -48,29 +47,6 @@ class HostReport:
                 "disk_free_mib": self.disk_free_mib, "docker": self.docker, "kfd": self.kfd, "amd_cdi": self.amd_cdi,
                 "video_gid": self.video_gid, "render_gid": self.render_gid,
                 "devices": [d.to_json() for d in self.devices], "notes": self.notes}
-
-
-def probe_script() -> str:
-    return importlib.resources.files("hydra_compose").joinpath("data/probe.sh").read_text()
-
-
-def run_probe(target: InspectTarget, timeout_s: float) -> str:
-    """Raw probe output; raises RuntimeError with a one-line reason."""
-    if target.ssh:
-        argv = ssh_argv(target.ssh, "bash -s", timeout_s)
-    else:
-        argv = ["bash", "-s"]
-    try:
-        r = subprocess.run(argv, input=probe_script(), capture_output=True, text=True, timeout=timeout_s + 30)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{target.label}: no answer within {timeout_s + 30:.0f} s") from None
-    except FileNotFoundError:
-        raise RuntimeError(f"{target.label}: ssh is not installed here") from None
-    if "==end" not in r.stdout:
-        lines = r.stderr.strip().splitlines()
-        reason = lines[-1] if lines else f"exit status {r.returncode}"
-        raise RuntimeError(f"{target.label}: {reason}")
-    return r.stdout
 
 
 def sections(text: str) -> dict[str, str]:
@@ -106,8 +82,6 @@ def _lan_address(addresses: list[str]) -> str | None:
 
 def _ipv4(value: str) -> bool:
     """An address another machine can dial (not the wildcard)."""
-    from .safe_values import WILDCARD, is_ipv4
-
     return is_ipv4(value) and value != WILDCARD
 
 
@@ -146,107 +120,66 @@ def parse_report(target: InspectTarget, text: str) -> HostReport:
                 rep.video_gid = int(parts[2])
             elif parts[0] == "render":
                 rep.render_gid = int(parts[2])
-    rep.devices = _nvidia(s, rep) + _amd(s, rep)
+    rep.devices = [gpu for record in vendors.ALL for gpu in record.detect(s, rep.notes)]
     return rep
 
-
-def _nvidia(s: dict[str, str], rep: HostReport) -> list[GpuInfo]:
-    try:
-        if s.get("nvidia_smi_nocc"):
-            rep.notes.append("nvidia-smi rejects compute_cap (old driver): arch taken from the card name")
-            return parse_nvidia_smi(s["nvidia_smi_nocc"], with_compute_cap=False)
-        if s.get("nvidia_smi", "").strip():
-            return parse_nvidia_smi(s["nvidia_smi"])
-    except ParseError as exc:
-        rep.notes.append(f"nvidia-smi output not understood ({exc}); NVIDIA GPUs skipped")
-    return []
-
-
-def _amd(s: dict[str, str], rep: HostReport) -> list[GpuInfo]:
-    attempts = (("amd_smi", parse_amd_smi), ("rocm_smi", parse_rocm_smi), ("rocminfo", parse_rocminfo))
-    for key, parse in attempts:
-        if (s.get(key) or "").strip():
-            try:
-                gpus = parse(s[key])
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                rep.notes.append(f"{key.replace('_', '-')} output not understood ({type(exc).__name__}); trying the next source")
-                continue
-            if gpus:
-                return _fill_from_sysfs(gpus, s)
-    return _sysfs(s)
-
-
-def _sysfs_cards(s: dict[str, str]) -> tuple[list[dict], list[dict]]:
-    cards = []
-    for line in (s.get("sysfs_cards") or "").splitlines():
-        f = line.split()
-        if len(f) >= 3:
-            cards.append({"vendor": f[0], "device": f[1], "vram_bytes": int(f[2]) if f[2].isdigit() else None,
-                          "bus": f[3] if len(f) > 3 else None})
-    nodes = [{"gfx_target_version": int(x)} for x in (s.get("sysfs_kfd") or "").split() if x.isdigit()]
-    return cards, nodes
-
-
-def _sysfs(s: dict[str, str]) -> list[GpuInfo]:
-    return parse_sysfs(*_sysfs_cards(s))
-
-
-def _fill_from_sysfs(gpus: list[GpuInfo], s: dict[str, str]) -> list[GpuInfo]:
-    """rocminfo knows no VRAM size: take it (and a missing arch) from sysfs, card by card."""
-    from dataclasses import replace
-
-    fs = _sysfs(s)
-    return [replace(g, vram_mib=g.vram_mib or (fs[i].vram_mib if i < len(fs) else None),
-                    arch=g.arch or (fs[i].arch if i < len(fs) else None),
-                    bus_id=g.bus_id or (fs[i].bus_id if i < len(fs) else None)) for i, g in enumerate(gpus)]
-
-
-def _nvml_local() -> list[GpuInfo] | None:
-    """NVIDIA GPUs through NVML when nvidia-ml-py and the driver library load; else None."""
-    try:
-        import pynvml  # type: ignore[import-not-found]
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no package, no driver, no GPU: fall back to nvidia-smi
-        return None
-    try:
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            name = name.decode() if isinstance(name, bytes) else name
-            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
-            lo, hi = pynvml.nvmlDeviceGetPowerManagementLimitConstraints(h)
-            bus = pynvml.nvmlDeviceGetPciInfo(h).busId
-            gpus.append(GpuInfo("nvidia", name.removeprefix("NVIDIA ").removeprefix("GeForce "), f"sm_{major}{minor}",
-                                pynvml.nvmlDeviceGetMemoryInfo(h).total // 1048576, i,
-                                bus.decode() if isinstance(bus, bytes) else bus,
-                                pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000, lo / 1000, hi / 1000))
-        return gpus
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def inspect(targets: list[InspectTarget], timeout_s: float) -> tuple[list[HostReport], list[str]]:
-    def one(t: InspectTarget) -> HostReport | str:
-        try:
-            rep = parse_report(t, run_probe(t, timeout_s))
-        except RuntimeError as exc:
-            return str(exc)
-        if not t.ssh:
-            nvml = _nvml_local()
-            if nvml is not None:
-                rep.devices = nvml + [d for d in rep.devices if d.vendor != "nvidia"]
-        return rep
-
-    with ThreadPoolExecutor(max(1, len(targets))) as pool:
-        results = list(pool.map(one, targets))
-    reports = [r for r in results if isinstance(r, HostReport)]
-    errors = [r for r in results if isinstance(r, str)]
-    return reports, errors
 
 
 def to_json(reports: list[HostReport], errors: list[str]) -> dict:
     return {"version": 1, "hosts": [r.to_json() for r in reports], "errors": errors}
 
 
+# Fields inspect owns on a device; everything else (rpc_port, reserve_gb, threads, ...) is the user's.
+DETECTED = ("name", "arch", "vram_gb", "bus_id", "power_limit_w", "power_min_w", "power_max_w")
+
+
+def _device(gpu: GpuInfo) -> dict:
+    arch = gpu.arch if gpu.arch and vendors.get(gpu.vendor).arch_error(gpu.arch) is None else None
+    d = {"vendor": gpu.vendor, "name": plain_text(gpu.name) or None, "arch": arch,
+         "vram_gb": round(gpu.vram_mib / 1024, 1) if gpu.vram_mib else None, "index": gpu.index,
+         "bus_id": gpu.bus_id, "power_limit_w": gpu.power_limit_w, "power_min_w": gpu.power_min_w,
+         "power_max_w": gpu.power_max_w}
+    return {k: v for k, v in d.items() if v is not None and (v != 0 or k == "index")}  # GPU 0 keeps its index
+
+
+def merge(raw: dict, reports: list[HostReport]) -> dict:
+    """cluster.yaml's data with what inspect found: detected fields refreshed, the user's kept."""
+    raw = dict(raw)
+    hosts = [dict(h) for h in raw.get("hosts") or []]
+    for rep in reports:
+        host = next((h for h in hosts if rep.target.host_name and h.get("name") == rep.target.host_name), None) \
+            or next((h for h in hosts if rep.address and h.get("address") == rep.address), None) \
+            or next((h for h in hosts if h.get("name") == rep.name), None)
+        if host is None:
+            host = {"name": rep.name, "address": rep.address or "127.0.0.1"}
+            if rep.target.ssh:
+                host["ssh"] = rep.target.ssh
+            hosts.append(host)
+        if any(vendors.get(g.vendor).uses_render_nodes for g in rep.devices):
+            for key in ("video_gid", "render_gid"):
+                if getattr(rep, key) is not None:
+                    host[key] = getattr(rep, key)
+            if rep.amd_cdi:
+                host["amd_cdi"] = True
+        if rep.ram_mib:
+            host["ram_gb"] = round(rep.ram_mib / 1024, 1)
+        devices = [dict(d) for d in host.get("devices") or []]
+        for gpu in rep.devices:
+            found = _device(gpu)
+            mine = next((d for d in devices if d.get("vendor") == gpu.vendor and d.get("index", 0) == gpu.index), None)
+            if mine is None:
+                devices.append(found)
+            else:
+                mine.update({k: v for k, v in found.items() if k in DETECTED})
+        if not devices and not rep.devices and rep.ram_mib:
+            # no GPU: the host still serves a CPU worker with most of its RAM
+            devices.append({"vendor": vendors.CPU.name, "memory_gb": max(1, int(rep.ram_mib * 0.75 / 1024)),
+                            "threads": rep.cpu_cores or 4})
+        host["devices"] = devices
+    raw["hosts"] = hosts
+    names = [h.get("name") for h in hosts]
+    master = raw.get("master") or {}
+    if master.get("host") not in names and names:
+        master = {**master, "host": names[0]}
+    raw["master"] = master
+    return raw

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import vendors
 from .config import DEFAULT_RPC_PORT, ClusterConfig, Device, Host
 from ..errors import ConfigError
-
-BACKEND_PREFIX = {"nvidia": "CUDA", "amd": "ROCm", "cpu": "CPU"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class Worker:
     def service(self) -> str:
         if len(self.devices) > 1:
             return f"rpc-{self.vendor}"
-        suffix = self.device.index if self.device.index is not None and self.vendor != "cpu" else self.ordinal
+        suffix = self.device.index if self.device.index is not None and self.device.is_gpu else self.ordinal
         return f"rpc-{self.vendor}{suffix}"
 
     @property
@@ -51,13 +50,13 @@ class Worker:
         """ggml device names for -d, as the container sees its GPUs (renumbered from 0)."""
         if len(self.devices) == 1:
             return None
-        return [f"{BACKEND_PREFIX[self.vendor]}{i}" for i in range(len(self.devices))]
+        return [f"{self.device.record.backend}{i}" for i in range(len(self.devices))]
 
 
 def master_vendor(cfg: ClusterConfig) -> str:
     """The GPU vendor of llama-server's image: that of the master host's first GPU, else cpu."""
     gpus = [d for d in cfg.master_host.devices if d.is_gpu]
-    return gpus[0].vendor if gpus else "cpu"
+    return gpus[0].vendor if gpus else vendors.CPU.name
 
 
 def master_bind(cfg: ClusterConfig) -> str:

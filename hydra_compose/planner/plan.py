@@ -14,7 +14,7 @@ from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts
 from .memory import F32, N_UBATCH, CacheOptions, DeviceMemory
 from .placement import Ranges, Slot, best, copies_for, predicted_token_s
 from .speed import HOST_RAM_GBS, RPC_FIXED_S, device_bandwidth_gbs, rpc_overhead_s
-from ..inventory.topology import BACKEND_PREFIX, local_gpus, rpc_workers
+from ..inventory.topology import local_gpus, rpc_workers
 
 MiB = 1024 * 1024
 CTX_STEP = 256
@@ -156,7 +156,7 @@ def device_slots(cfg: ClusterConfig, n_embd: int) -> list[Slot]:
                 budget_bytes=dev.budget_bytes, reserve_bytes=int(dev.reserve * GiB),
                 bandwidth_gbs=device_bandwidth_gbs(dev), overhead_s=overhead, device=dev))
     for i, dev in enumerate(local_gpus(cfg)):
-        slots.append(Slot(id=f"{BACKEND_PREFIX[dev.vendor]}{i}", host=master.name, kind="local", vendor=dev.vendor, endpoint=None,
+        slots.append(Slot(id=f"{dev.record.backend}{i}", host=master.name, kind="local", vendor=dev.vendor, endpoint=None,
                           budget_bytes=dev.budget_bytes, reserve_bytes=int(dev.reserve * GiB),
                           bandwidth_gbs=device_bandwidth_gbs(dev), overhead_s=0.0, device=dev))
     return slots

@@ -18,13 +18,9 @@ from typing import Callable
 
 import httpx
 
-from ..errors import HydraError
+from ..errors import BenchError
 
 FILLER = "The quick brown fox jumps over the lazy dog while the river keeps flowing to the sea. "
-
-
-class BenchError(HydraError):
-    """The endpoint did not answer as a benchmark needs."""
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,13 @@
 """Power-limit sweeps: set a limit on each GPU, benchmark, sample power draw,
 temperature and clocks, and always put the original limits back.
 
-NVIDIA is driven through `nvidia-smi`, AMD through `amd-smi`, on this machine or
-over SSH (the host's `ssh:` field in cluster.yaml). Every limit is checked
-against the card's min/max before anything is touched.
+Each vendor record's PowerControl drives its tool (nvidia-smi, amd-smi) on this
+machine or over SSH (the host's `ssh:` field in cluster.yaml). Every limit is
+checked against the card's min/max before anything is touched.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shlex
 import signal
 import statistics
 import subprocess
@@ -21,70 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ..errors import HydraError
-
-
-class PowerError(HydraError):
-    """A power limit cannot be read, set or restored."""
-
-
-def ssh_destination(spec: str) -> tuple[str, str | None]:
-    """'ssh://user@host:port', 'user@host:port' or 'user@host' -> (user@host, port)."""
-    from ..inventory.safe_values import ssh_target
-
-    m = re.fullmatch(r"(?:ssh://)?(?P<dest>[^:/]+)(?::(?P<port>\d+))?/?", spec)
-    try:
-        if not m:
-            raise ValueError
-        ssh_target(spec.rstrip("/"))  # no options smuggled in as a host ("-oProxyCommand=...")
-    except ValueError:
-        raise PowerError(f"ssh target {spec!r} is not user@host[:port]", "write it like ssh://root@10.0.0.2:22") from None
-    return m["dest"], m["port"]
-
-
-def ssh_argv(spec: str, remote_command: str, connect_timeout_s: float = 5) -> list[str]:
-    """ssh in batch mode (never a password prompt); HYDRA_SSH_CONFIG picks an ssh config file."""
-    dest, port = ssh_destination(spec)
-    config = os.environ.get("HYDRA_SSH_CONFIG")
-    return ["ssh", *(["-F", config] if config else []), "-o", "BatchMode=yes",
-            "-o", f"ConnectTimeout={max(1, int(connect_timeout_s))}", *(["-p", port] if port else []),
-            "--", dest, remote_command]
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a GPU's tools run: locally, or through ssh."""
-
-    host: str
-    ssh: str | None = None
-
-    def argv(self, argv: list[str]) -> list[str]:
-        if not self.ssh:
-            return argv
-        return ssh_argv(self.ssh, shlex.join(argv))
-
-    def run(self, argv: list[str]) -> str:
-        try:
-            r = subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=30)
-        except FileNotFoundError:
-            raise PowerError(f"{argv[0]} not found on {self.host}", "install the GPU driver tools there") from None
-        except subprocess.TimeoutExpired:
-            raise PowerError(f"{argv[0]} on {self.host} did not answer in 30 s", "check the host and its driver") from None
-        if r.returncode != 0:
-            text = (r.stderr or r.stdout).strip().splitlines()
-            detail = text[-1] if text else f"exit {r.returncode}"
-            if "permission" in detail.lower() or "root" in detail.lower():
-                raise PowerError(f"{argv[0]} on {self.host}: {detail}",
-                                 "setting power limits needs root: run the sweep as root (or via sudo)")
-            raise PowerError(f"{' '.join(argv[:3])} on {self.host} failed: {detail}", "check the GPU index and driver")
-        return r.stdout
-
-
-@dataclass(frozen=True)
-class Limits:
-    current_w: float
-    min_w: float
-    max_w: float
+from ..errors import PowerError
+from ..vendors.base import Limits, PowerControl, Sample
 
 
 @dataclass
@@ -92,9 +26,15 @@ class Sampler:
     """Runs the vendor tool's sampling loop in the background and keeps its lines."""
 
     proc: subprocess.Popen
-    parse: Callable[[str], tuple[float, float, float] | None]
-    samples: list[tuple[float, float, float]] = field(default_factory=list)
+    parse: Callable[[str], Sample | None]
+    samples: list[Sample] = field(default_factory=list)
     thread: threading.Thread | None = None
+
+    @classmethod
+    def of(cls, gpu: PowerControl) -> Sampler:
+        proc = subprocess.Popen(gpu.target.argv(gpu.sampler_argv()), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        return cls(proc, gpu.parse_sample).start()
 
     def start(self) -> Sampler:
         def pump() -> None:
@@ -108,7 +48,7 @@ class Sampler:
         self.thread.start()
         return self
 
-    def stop(self) -> list[tuple[float, float, float]]:
+    def stop(self) -> list[Sample]:
         self.proc.terminate()
         try:
             self.proc.wait(5)
@@ -117,121 +57,6 @@ class Sampler:
         if self.thread:
             self.thread.join(5)
         return self.samples
-
-
-class Gpu:
-    vendor = ""
-
-    def __init__(self, target: Target, index: int) -> None:
-        self.target, self.index = target, index
-
-    @property
-    def label(self) -> str:
-        return f"{self.target.host}:{self.index}"
-
-    def read(self) -> Limits:
-        raise NotImplementedError
-
-    def set(self, watts: float) -> None:
-        raise NotImplementedError
-
-    def sampler(self) -> Sampler:
-        raise NotImplementedError
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.strip().split(",")]
-    except ValueError:
-        raise PowerError(f"unexpected nvidia-smi output {text.strip()[:60]!r}", "update the NVIDIA driver") from None
-
-
-class NvidiaGpu(Gpu):
-    vendor = "nvidia"
-
-    def read(self) -> Limits:
-        out = self.target.run(["nvidia-smi", "-i", str(self.index), "--query-gpu=power.limit,power.min_limit,"
-                               "power.max_limit", "--format=csv,noheader,nounits"])
-        cur, lo, hi = _floats(out.splitlines()[0])[:3]
-        return Limits(cur, lo, hi)
-
-    def set(self, watts: float) -> None:
-        self.target.run(["nvidia-smi", "-i", str(self.index), "-pl", f"{watts:g}"])
-
-    def sampler(self) -> Sampler:
-        argv = self.target.argv(["nvidia-smi", "-i", str(self.index), "--query-gpu=power.draw,temperature.gpu,"
-                                 "clocks.sm", "--format=csv,noheader,nounits", "-lms", "500"])
-
-        def parse(line: str) -> tuple[float, float, float] | None:
-            try:
-                w, t, c = (float(x) for x in line.strip().split(",")[:3])
-                return w, t, c
-            except ValueError:
-                return None
-
-        return Sampler(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True),
-                       parse).start()
-
-
-def find_number(obj: object, *keys: str) -> float | None:
-    """First numeric value under any of keys, anywhere in amd-smi's JSON (its layout moves between releases)."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if k in keys:
-                v = v.get("value") if isinstance(v, dict) else v
-                try:
-                    return float(str(v).split()[0])
-                except (TypeError, ValueError):
-                    pass
-        for v in obj.values():
-            found = find_number(v, *keys)
-            if found is not None:
-                return found
-    if isinstance(obj, list):
-        for v in obj:
-            found = find_number(v, *keys)
-            if found is not None:
-                return found
-    return None
-
-
-class AmdGpu(Gpu):
-    vendor = "amd"
-
-    def _json(self, argv: list[str]) -> object:
-        try:
-            return json.loads(self.target.run(argv))
-        except json.JSONDecodeError:
-            raise PowerError(f"amd-smi on {self.target.host} printed no JSON", "update ROCm (amd-smi >= 6.1)") from None
-
-    def read(self) -> Limits:
-        data = self._json(["amd-smi", "static", "-g", str(self.index), "--limit", "--json"])
-        cur = find_number(data, "power_cap", "socket_power_limit")
-        lo = find_number(data, "min_power_cap", "min_power_limit")
-        hi = find_number(data, "max_power_cap", "max_power_limit")
-        if cur is None or lo is None or hi is None:
-            raise PowerError(f"amd-smi on {self.target.host} did not report power caps for GPU {self.index}",
-                             "update ROCm (amd-smi >= 6.1)")
-        return Limits(cur, lo, hi)
-
-    def set(self, watts: float) -> None:
-        self.target.run(["amd-smi", "set", "-g", str(self.index), "--power-cap", f"{watts:g}"])
-
-    def sampler(self) -> Sampler:
-        argv = self.target.argv(["amd-smi", "monitor", "-g", str(self.index), "-p", "-t", "-c", "-w", "1", "--json"])
-
-        def parse(line: str) -> tuple[float, float, float] | None:
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                return None
-            w = find_number(data, "power", "socket_power")
-            t = find_number(data, "hotspot_temperature", "edge_temperature", "temperature")
-            c = find_number(data, "gfx_clk", "sclk")
-            return (w, t or 0.0, c or 0.0) if w is not None else None
-
-        return Sampler(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True),
-                       parse).start()
 
 
 @dataclass(frozen=True)
@@ -264,7 +89,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def restore(gpus: list[Gpu], originals: dict[str, Limits]) -> list[str]:
+def restore(gpus: list[PowerControl], originals: dict[str, Limits]) -> list[str]:
     """Puts every original limit back and reads it back; returns the GPUs that did not take it."""
     failed = []
     for g in gpus:
@@ -280,7 +105,7 @@ def restore(gpus: list[Gpu], originals: dict[str, Limits]) -> list[str]:
     return failed
 
 
-def sweep(gpus: list[Gpu], limits: list[float], benchmark: Callable[[], float], settle_s: float = 3.0,
+def sweep(gpus: list[PowerControl], limits: list[float], benchmark: Callable[[], float], settle_s: float = 3.0,
           on_step: Callable[[str], None] | None = None) -> list[SweepRow]:
     """Runs benchmark() at every limit on every GPU (all GPUs share the limit of a step)."""
     originals = {g.label: g.read() for g in gpus}
@@ -299,7 +124,7 @@ def sweep(gpus: list[Gpu], limits: list[float], benchmark: Callable[[], float], 
                 if on_step:
                     on_step(f"limit {watts:g} W")
                 time.sleep(settle_s)
-                samplers = {g.label: g.sampler() for g in gpus}
+                samplers = {g.label: Sampler.of(g) for g in gpus}
                 try:
                     tps = benchmark()
                 finally:

@@ -1,0 +1,166 @@
+"""status: every worker (container, port, llama.cpp ref) and the master (health, model,
+slots, tok/s, stall), with warnings. Reads each host's compose file and runs compose ps
+once per host; never prints or returns the API key."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import asdict, dataclass
+
+import httpx
+
+from ..inventory.topology import master_url, rpc_workers
+from ..runtime.benchmark import auth_headers, model_id
+from ..runtime.stacks import compose_services, containers, image_ref, port_open, running_refs, stacks
+from .context import Project
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    host: str
+    service: str
+    endpoint: str
+    bind: str
+    state: str  # compose's State, or "missing"
+    health: str | None
+    reachable: bool
+    llama_cpp_ref: str | None
+
+
+@dataclass(frozen=True)
+class MasterStatus:
+    host: str
+    port: int
+    url: str
+    state: str
+    health: str | None
+    healthy: bool
+    model: str | None = None
+    tensor_split: tuple[int | str, ...] | None = None
+    rpc: tuple[str, ...] | None = None
+    slots: int | None = None
+    slots_processing: int | None = None
+    predicted_tokens_per_s: float | None = None
+    stalled: bool | None = None
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    master: MasterStatus
+    workers: tuple[WorkerStatus, ...]
+    warnings: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"version": 1, "master": asdict(self.master), "workers": [asdict(w) for w in self.workers],
+                "warnings": list(self.warnings)}
+
+
+def _public(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return not (ip.is_private or ip.is_loopback or ip.is_link_local)
+
+
+def _worker_rows(project: Project, all_stacks: dict, services: dict, running: dict,
+                 refs: dict[str, str], warnings: list[str]) -> list[WorkerStatus]:
+    live_refs = {name: running_refs(s, running[name]) for name, s in all_stacks.items()}
+    rows = []
+    for w in rpc_workers(project.config):
+        svc = services[w.host].get(w.service, {})
+        ps = running[w.host].get(w.service, {})
+        ref = image_ref(all_stacks[w.host], svc.get("image", "")) if svc else None  # what the next start runs
+        live = live_refs[w.host].get(w.service)  # what runs now
+        for r in (ref, live):
+            if r:
+                refs.setdefault(f"{w.host}/{w.service}", r)
+                if r != refs[f"{w.host}/{w.service}"]:
+                    refs[f"{w.host}/{w.service} (running)"] = r
+        rows.append(WorkerStatus(w.host, w.service, w.endpoint, w.bind, ps.get("State", "missing"),
+                                 ps.get("Health") or None, port_open(w.address, w.port), live or ref))
+        if w.bind == "0.0.0.0" or _public(w.bind):
+            warnings.append(f"worker {w.endpoint} listens on {w.bind}: RPC has no authentication — "
+                            "bind it to a LAN address and firewall the port")
+    return rows
+
+
+def run(project: Project, api_key: str | None) -> StatusResult:
+    cfg = project.config
+    all_stacks = {s.host.name: s for s in stacks(project)}
+    # one compose-file read and one `docker compose ps` per host, not per worker
+    services = {name: compose_services(s) for name, s in all_stacks.items()}
+    running = {name: containers(s) for name, s in all_stacks.items()}
+    refs: dict[str, str] = {}
+    warnings: list[str] = []
+    workers = _worker_rows(project, all_stacks, services, running, refs, warnings)
+    master_stack = all_stacks[cfg.master.host]
+    server = services[cfg.master.host].get("llama-server", {})
+    ps = running[cfg.master.host].get("llama-server", {})
+    if server:
+        ref = image_ref(master_stack, server.get("image", ""))
+        if ref:
+            refs[f"{cfg.master.host}/llama-server"] = ref
+    url = master_url(cfg)
+    command = server.get("command", [])
+    command = [str(x) for x in command] if isinstance(command, list) else []
+    fields: dict = {}
+    if "--tensor-split" in command[:-1]:
+        fields["tensor_split"] = tuple(int(x) if x.isdigit() else x
+                                       for x in command[command.index("--tensor-split") + 1].split(","))
+    if "--rpc" in command[:-1]:
+        fields["rpc"] = tuple(command[command.index("--rpc") + 1].split(","))
+    fields.update(master_answers(url, auth_headers(api_key)))
+    state = ps.get("State", "missing")
+    if state == "running":
+        # the supervisor's marker is immediate; Docker's health status follows after its retries
+        marker = master_stack.compose("exec", "-T", "llama-server", "test", "-e", "/tmp/hydra-stalled", timeout=30)
+        fields["stalled"] = marker.returncode == 0
+    health = ps.get("Health") or None
+    if fields.get("healthy") and (health == "unhealthy" or fields.get("stalled")):
+        fields["healthy"] = False
+        warnings.append("llama-server answers /health but generation is stalled: a worker is frozen or "
+                        "unreachable (docker unpause it, or restart it — the master follows)")
+    if not fields.get("healthy"):
+        warnings.append(f"master {url} is not healthy (state {state})")
+    if len(set(refs.values())) > 1:
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(refs.items()))
+        warnings.append(f"llama.cpp version skew across images ({detail}): rebuild every host from the same ref")
+    for w in workers:
+        if not w.reachable:
+            warnings.append(f"worker {w.endpoint} on {w.host} does not accept connections")
+    master = MasterStatus(host=cfg.master.host, port=cfg.master.port, url=url, state=state, health=health,
+                          **{"healthy": False, **fields})
+    return StatusResult(master, tuple(workers), tuple(warnings))
+
+
+def master_answers(url: str, headers: dict) -> dict:
+    """Health, model, slots and speed as the master reports them; whatever it answers, never a crash."""
+    out: dict = {"healthy": False}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=3) as client:
+            out["healthy"] = client.get("/health").status_code == 200
+            if not out["healthy"]:
+                return out
+            try:
+                out["model"] = model_id(client.get("/v1/models").json())
+            except ValueError:
+                out["model"] = None
+            try:
+                slots = client.get("/slots", timeout=4).json()
+                if isinstance(slots, list):
+                    out["slots"] = len(slots)
+                    out["slots_processing"] = sum(1 for x in slots if isinstance(x, dict) and x.get("is_processing"))
+            except ValueError:
+                out["slots"] = None
+            metrics = client.get("/metrics", timeout=4)
+            hit = re.search(r"^llamacpp:predicted_tokens_seconds ([0-9.eE+-]+)$", metrics.text, re.M)
+            if hit:
+                try:
+                    out["predicted_tokens_per_s"] = round(float(hit[1]), 2)
+                except ValueError:
+                    pass
+    except httpx.HTTPError:
+        pass
+    return out

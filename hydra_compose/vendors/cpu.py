@@ -1,0 +1,40 @@
+"""CPU: a host's RAM served by ggml-rpc-server's CPU backend (no GPU, no toolkit)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import CPU_IMAGE, ImageSpec, Vendor
+
+if TYPE_CHECKING:
+    from ..inventory.config import Device, Host
+
+# Effective bandwidth of weights streamed per thread, and what a socket tops out at.
+# Measured on loopback here: 1 thread ≈ 22 GB/s, 2 threads ≈ 35 GB/s.
+GBS_PER_THREAD = 20.0
+MAX_GBS = 80.0
+DEFAULT_THREADS = 4
+
+
+class Cpu(Vendor):
+    name = "cpu"
+    title = "CPU"
+    backend = "CPU"
+    dockerfile = "cpu"
+    is_gpu = False
+    label = "CPU"
+
+    def arch_error(self, arch: str) -> str | None:
+        return "a cpu device has no arch"
+
+    def image(self, host: Host, devices: list[Device]) -> ImageSpec:
+        return ImageSpec(self.name, None, (), CPU_IMAGE, CPU_IMAGE, "cpu")
+
+    def worker_args(self, devices: list[Device]) -> list[str]:
+        return ["-t", str(devices[0].threads or DEFAULT_THREADS)]
+
+    def bandwidth_gbs(self, device: Device) -> float:
+        return min(MAX_GBS, GBS_PER_THREAD * (device.threads or DEFAULT_THREADS))
+
+
+VENDOR = Cpu()

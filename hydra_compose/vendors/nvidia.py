@@ -1,0 +1,184 @@
+"""NVIDIA: CUDA images, GPUs by device id in compose, nvidia-smi / NVML for inspect and power."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from ..errors import PowerError, RenderError
+from .base import UBUNTU_VERSION, GpuInfo, ImageSpec, Limits, ParseError, PowerControl, Sample, Vendor, number
+
+if TYPE_CHECKING:
+    from ..inventory.config import Device, Host
+
+# CUDA releases we pick from, newest first: (version, lowest sm, highest sm it builds).
+# sm_50..sm_72 were dropped in CUDA 13; sm_100/sm_120 need 12.8; Kepler left with 12.0.
+CUDA_RELEASES = (("13.0.1", 75, 121), ("12.9.1", 50, 121), ("12.8.1", 50, 120), ("12.6.3", 50, 90),
+                 ("11.8.0", 35, 90))
+
+# Compute capability by card name, for drivers whose nvidia-smi rejects compute_cap.
+NAME_ARCH = (("rtx 50", "sm_120"), ("rtx pro 6000", "sm_120"), ("rtx 40", "sm_89"), ("l40", "sm_89"),
+             ("l4", "sm_89"), ("rtx 30", "sm_86"), ("a40", "sm_86"), ("a10", "sm_86"), ("rtx a", "sm_86"),
+             ("rtx 20", "sm_75"), ("gtx 16", "sm_75"), ("titan rtx", "sm_75"), ("t4", "sm_75"),
+             ("quadro rtx", "sm_75"), ("a100", "sm_80"), ("a30", "sm_80"), ("h100", "sm_90"),
+             ("h200", "sm_90"), ("gh200", "sm_90"), ("v100", "sm_70"), ("titan v", "sm_70"),
+             ("p100", "sm_60"), ("p40", "sm_61"), ("p4", "sm_61"), ("gtx 10", "sm_61"), ("titan x", "sm_61"),
+             ("gtx 9", "sm_52"), ("m40", "sm_52"))
+
+# Memory bandwidth in GB/s (vendor datasheets), by card name, then by arch.
+BANDWIDTH_BY_NAME = {
+    "h200": 4800, "h100": 3350, "a100": 1935, "l40s": 864, "l4": 300, "a40": 696, "a10": 600,
+    "v100": 900, "p100": 732, "p40": 347, "t4": 320,
+    "rtx 5090": 1792, "rtx 5080": 960, "rtx 5070 ti": 896, "rtx 5070": 672, "rtx 5060 ti": 448,
+    "rtx 4090": 1008, "rtx 4080 super": 736, "rtx 4080": 717, "rtx 4070 ti super": 672,
+    "rtx 4070 ti": 504, "rtx 4070 super": 504, "rtx 4070": 504, "rtx 4060 ti": 288, "rtx 4060": 272,
+    "rtx 3090 ti": 1008, "rtx 3090": 936, "rtx 3080 ti": 912, "rtx 3080": 760, "rtx 3070 ti": 608,
+    "rtx 3070": 448, "rtx 3060 ti": 448, "rtx 3060": 360, "rtx 2080 ti": 616, "rtx 2080": 448,
+    "rtx 2070": 448, "rtx 2060": 336, "gtx 1080 ti": 484, "titan v": 653,
+}
+BANDWIDTH_BY_ARCH = {"sm_50": 224, "sm_52": 224, "sm_60": 732, "sm_61": 347, "sm_70": 900, "sm_75": 448,
+                     "sm_80": 1935, "sm_86": 448, "sm_89": 504, "sm_90": 3350, "sm_100": 8000, "sm_120": 896}
+
+
+def sm(arch: str) -> int:
+    return int(re.match(r"sm_(\d+)", arch).group(1))  # type: ignore[union-attr]
+
+
+def cuda_release(archs: list[str]) -> str:
+    nums = [sm(a) for a in archs]
+    for version, lo, hi in CUDA_RELEASES:
+        if all(lo <= n <= hi for n in nums):
+            return version
+    old = [a for a in archs if sm(a) < 50]
+    raise RenderError(f"no CUDA release builds all of {', '.join(sorted(set(archs)))} in one image",
+                      f"serve {', '.join(old) or 'the oldest cards'} with another llama.cpp build, "
+                      "or leave them out of cluster.yaml")
+
+
+def arch_from_name(name: str) -> str | None:
+    low = name.lower()
+    for key, arch in NAME_ARCH:
+        if key in low:
+            return arch
+    return None
+
+
+def parse_nvidia_smi(csv: str, with_compute_cap: bool = True) -> list[GpuInfo]:
+    """index, name, memory.total, [compute_cap,] power.limit, power.min_limit, power.max_limit, pci.bus_id."""
+    gpus = []
+    for line in csv.strip().splitlines():
+        f = [x.strip() for x in line.split(",")]
+        want = 8 if with_compute_cap else 7
+        if len(f) != want or not f[0].isdigit():
+            raise ParseError(f"unexpected nvidia-smi line {line[:60]!r}")
+        if with_compute_cap:
+            idx, name, mem, cc, pl, pmin, pmax, bus = f
+            arch = f"sm_{cc.replace('.', '')}" if re.fullmatch(r"\d+\.\d", cc) else arch_from_name(name)
+        else:
+            idx, name, mem, pl, pmin, pmax, bus = f
+            arch = arch_from_name(name)
+        vram = number(mem)
+        gpus.append(GpuInfo("nvidia", name.removeprefix("NVIDIA ").removeprefix("GeForce "), arch,
+                            int(vram) if vram else None, int(idx), bus or None, number(pl), number(pmin),
+                            number(pmax)))
+    return gpus
+
+
+def nvml_gpus() -> list[GpuInfo] | None:
+    """This machine's NVIDIA GPUs through NVML when nvidia-ml-py and the driver library load; else None."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no package, no driver, no GPU: fall back to nvidia-smi
+        return None
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            name = name.decode() if isinstance(name, bytes) else name
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+            lo, hi = pynvml.nvmlDeviceGetPowerManagementLimitConstraints(h)
+            bus = pynvml.nvmlDeviceGetPciInfo(h).busId
+            gpus.append(GpuInfo("nvidia", name.removeprefix("NVIDIA ").removeprefix("GeForce "), f"sm_{major}{minor}",
+                                pynvml.nvmlDeviceGetMemoryInfo(h).total // 1048576, i,
+                                bus.decode() if isinstance(bus, bytes) else bus,
+                                pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000, lo / 1000, hi / 1000))
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+class NvidiaPower(PowerControl):
+    vendor = "nvidia"
+    probe_argv = ["nvidia-smi", "-L"]
+
+    def read(self) -> Limits:
+        out = self.target.run(["nvidia-smi", "-i", str(self.index), "--query-gpu=power.limit,power.min_limit,"
+                               "power.max_limit", "--format=csv,noheader,nounits"])
+        values = [number(x) for x in (out.splitlines() or [""])[0].split(",")[:3]]
+        if len(values) != 3 or any(v is None or v <= 0 for v in values):
+            raise PowerError(f"unexpected nvidia-smi output {out.strip()[:60]!r} on {self.target.host}",
+                             "update the NVIDIA driver")
+        cur, lo, hi = values
+        return Limits(cur, lo, hi)  # type: ignore[arg-type]
+
+    def set(self, watts: float) -> None:
+        self.target.run(["nvidia-smi", "-i", str(self.index), "-pl", f"{watts:g}"])
+
+    def sampler_argv(self) -> list[str]:
+        return ["nvidia-smi", "-i", str(self.index), "--query-gpu=power.draw,temperature.gpu,clocks.sm",
+                "--format=csv,noheader,nounits", "-lms", "500"]
+
+    def parse_sample(self, line: str) -> Sample | None:
+        values = [number(x) for x in line.strip().split(",")[:3]]
+        if len(values) != 3 or any(v is None for v in values):
+            return None
+        return values[0], values[1], values[2]  # type: ignore[return-value]
+
+
+class Nvidia(Vendor):
+    name = "nvidia"
+    title = "NVIDIA CUDA"
+    backend = "CUDA"
+    dockerfile = "cuda"
+    arch_pattern = re.compile(r"^sm_(\d{2,3})a?$")
+    arch_example = "sm_89"
+    arch_placeholder = "sm_XX"
+    label = "NVIDIA"
+    bandwidth_by_name = BANDWIDTH_BY_NAME
+    bandwidth_by_arch = BANDWIDTH_BY_ARCH
+    power = NvidiaPower
+
+    def image(self, host: Host, devices: list[Device]) -> ImageSpec:
+        archs = [d.arch for d in self.devices_with_arch(host, devices)]
+        release = cuda_release(archs)
+        targets = tuple(sorted({str(sm(a)) for a in archs}, key=int))
+        ubuntu = "22.04" if release.startswith("11.") else UBUNTU_VERSION
+        build = f"nvidia/cuda:{release}-devel-ubuntu{ubuntu}"
+        runtime = f"nvidia/cuda:{release}-runtime-ubuntu{ubuntu}"
+        return ImageSpec(self.name, release, targets, build, runtime, f"cuda{release}-sm{'.'.join(targets)}",
+                         (("BUILD_IMAGE", build), ("RUNTIME_IMAGE", runtime),
+                          ("CUDA_ARCHITECTURES", ";".join(targets))))
+
+    def template_context(self, first: ImageSpec, specs: list[ImageSpec]) -> dict:
+        return {"cuda_version": first.release, "cuda_architectures": ";".join(first.archs)}
+
+    def gpu_access(self, host: Host, devices: list[Device]) -> dict:
+        return {"deploy": {"resources": {"reservations": {"devices": [
+            {"driver": "nvidia", "device_ids": [str(d.index or 0) for d in devices], "capabilities": ["gpu"]}]}}}}
+
+    def detect(self, sections: dict[str, str], notes: list[str]) -> list[GpuInfo]:
+        try:
+            if sections.get("nvidia_smi_nocc"):
+                notes.append("nvidia-smi rejects compute_cap (old driver): arch taken from the card name")
+                return parse_nvidia_smi(sections["nvidia_smi_nocc"], with_compute_cap=False)
+            if sections.get("nvidia_smi", "").strip():
+                return parse_nvidia_smi(sections["nvidia_smi"])
+        except ParseError as exc:
+            notes.append(f"nvidia-smi output not understood ({exc}); NVIDIA GPUs skipped")
+        return []
+
+
+VENDOR = Nvidia()
