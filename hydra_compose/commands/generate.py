@@ -1,3 +1,6 @@
+"""generate: plan, then write the Dockerfiles, each Docker host's compose file and .env, and each
+native host's scripts and services — all or nothing."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..planner.plan import Plan, PlanOptions, make_plan
-from ..render.compose import (RenderedFile, ServedModel, build_source, render_compose, render_dockerfiles, render_env,
-                      render_supervisor)
+from ..render.compose import (HEADER, RenderedFile, ServedModel, build_source, render_compose, render_dockerfiles,
+                              render_env, render_notes, render_supervisor)
+from ..render.native import render_native
 from ..runtime.writer import write_files
 from .context import Project
 
@@ -20,6 +24,7 @@ class GenerateResult:
     plan: Plan
     files: tuple[str, ...]
     changed: tuple[str, ...]
+    warnings: tuple[str, ...] = ()  # the plan's, then the images' and the device access's
 
 
 def existing_key(env_file: Path) -> str | None:
@@ -35,7 +40,12 @@ def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan)
     cfg = project.config
     config_name = os.path.relpath(project.config_path.resolve(), out_dir.resolve())
     files = render_dockerfiles(cfg, project.config_path.name, project.root / "templates")
+    templates = project.root / "templates"
     for host in cfg.hosts:
+        if host.runtime == "native":
+            header = HEADER.format(config=project.config_path.name)
+            files += [RenderedFile(p, text, mode) for p, text, mode in render_native(cfg, host, header, templates)]
+            continue
         compose_dir = out_dir / "compose" / host.name
         source = build_source(cfg, out_dir.resolve(), project.root, compose_dir.resolve())
         models_rel = os.path.relpath(project.models_dir, compose_dir.resolve())
@@ -58,4 +68,5 @@ def run(project: Project, model: str | None, out_dir: Path | None, force: bool,
     out = out_dir or project.root
     files = render_all(project, out, ServedModel(name, entry.file, entry.mmproj), plan)
     changed = write_files(out, files, force)
-    return GenerateResult(out, name, plan, tuple(f.path for f in files), tuple(changed))
+    return GenerateResult(out, name, plan, tuple(f.path for f in files), tuple(changed),
+                          (*plan.warnings, *render_notes(project.config)))

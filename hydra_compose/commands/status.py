@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import httpx
 
 from ..inventory.topology import master_url, rpc_workers
 from ..runtime.benchmark import auth_headers, model_id
-from ..runtime.stacks import compose_services, containers, image_ref, port_open, running_refs, stacks
+from ..runtime.rpc_hello import hello
+from ..runtime.stacks import compose_services, containers, image_ref, running_refs, stacks
 from .context import Project
 
 
@@ -26,6 +28,7 @@ class WorkerStatus:
     health: str | None
     reachable: bool
     llama_cpp_ref: str | None
+    protocol: str | None = None  # the RPC protocol it answered HELLO with, "busy" while it serves the master
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,14 @@ def _worker_rows(project: Project, all_stacks: dict, services: dict, running: di
                  refs: dict[str, str], warnings: list[str]) -> list[WorkerStatus]:
     live_refs = {name: running_refs(s, running[name]) for name, s in all_stacks.items()}
     rows = []
-    for w in rpc_workers(project.config):
+    workers = rpc_workers(project.config)
+    with ThreadPoolExecutor(max(1, min(16, len(workers)))) as pool:  # a busy worker costs its timeout: ask all at once
+        hellos = list(pool.map(lambda w: hello(w.address, w.port, timeout_s=1.0), workers))
+    for w, hi in zip(workers, hellos):
+        if w.host not in all_stacks:  # a native worker: no container, its HELLO tells
+            rows.append(WorkerStatus(w.host, w.service, w.endpoint, w.bind, "native", None, hi.state != "refused",
+                                     None, None if hi.state == "refused" else hi.text))
+            continue
         svc = services[w.host].get(w.service, {})
         ps = running[w.host].get(w.service, {})
         ref = image_ref(all_stacks[w.host], svc.get("image", "")) if svc else None  # what the next start runs
@@ -79,7 +89,8 @@ def _worker_rows(project: Project, all_stacks: dict, services: dict, running: di
                 if r != refs[f"{w.host}/{w.service}"]:
                     refs[f"{w.host}/{w.service} (running)"] = r
         rows.append(WorkerStatus(w.host, w.service, w.endpoint, w.bind, ps.get("State", "missing"),
-                                 ps.get("Health") or None, port_open(w.address, w.port), live or ref))
+                                 ps.get("Health") or None, hi.state != "refused", live or ref,
+                                 None if hi.state == "refused" else hi.text))
         if w.bind == "0.0.0.0" or _public(w.bind):
             warnings.append(f"worker {w.endpoint} listens on {w.bind}: RPC has no authentication — "
                             "bind it to a LAN address and firewall the port")
@@ -130,6 +141,10 @@ def run(project: Project, api_key: str | None) -> StatusResult:
     for w in workers:
         if not w.reachable:
             warnings.append(f"worker {w.endpoint} on {w.host} does not accept connections")
+    protocols = {w.protocol for w in workers if w.protocol and w.protocol[0].isdigit()}
+    if len(protocols) > 1:
+        warnings.append(f"workers speak different RPC protocols ({', '.join(sorted(protocols))}): install one "
+                        "llama.cpp ref everywhere")
     master = MasterStatus(host=cfg.master.host, port=cfg.master.port, url=url, state=state, health=health,
                           **{"healthy": False, **fields})
     return StatusResult(master, tuple(workers), tuple(warnings))

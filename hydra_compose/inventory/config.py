@@ -96,6 +96,7 @@ class Device(Strict):
     reserve_gb: NonNegative | None = None  # default: the vendor's (1 GiB on GPUs, at most a quarter; 0 on CPUs)
     bandwidth_gbs: Positive | None = None
     bus_id: Annotated[str, Field(pattern=r"^[0-9A-Fa-f:.]{1,32}$")] | None = None
+    render_node: Annotated[str, Field(pattern=r"^renderD[0-9]{3}$")] | None = None  # /dev/dri node (inspect)
     power_limit_w: Annotated[float, Field(gt=0, le=10000)] | None = None
     power_min_w: Annotated[float, Field(gt=0, le=10000)] | None = None
     power_max_w: Annotated[float, Field(gt=0, le=10000)] | None = None
@@ -152,6 +153,16 @@ class Device(Strict):
         return self.memory_bytes - int(self.reserve * GiB)
 
 
+Version = Annotated[str, Field(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){1,2}$")]
+
+
+class Toolkit(Strict):
+    """A toolkit release a host's image must use instead of the one picked for it."""
+
+    cuda: Version | None = None  # e.g. 12.8.1
+    rocm: Version | None = None  # e.g. 7.0.2 (gfx906 then gets the rocBLAS kernels of 6.3)
+
+
 class Host(Strict):
     name: str
     address: Address
@@ -163,6 +174,12 @@ class Host(Strict):
     ram_gb: Annotated[float, Field(gt=0, le=65536)] | None = None  # host RAM: bounds what the master keeps there
     amd_cdi: bool = False  # the AMD container toolkit's CDI spec is installed: devices as amd.com/gpu=N
     rpc_server: Literal["per-device", "per-host"] = "per-device"  # per-host: one ggml-rpc-server -d A,B
+    # native: no Docker on this host (macOS Metal, Windows desktops): generate writes a script and a service
+    runtime: Literal["docker", "native"] = "docker"
+    os: Literal["linux", "macos", "windows"] = "linux"
+    nvidia_driver: Version | None = None  # e.g. 550.54.14 (inspect records it): picks the CUDA release
+    rocm_version: Version | None = None  # the host's ROCm (its kernel driver's release): picks the ROCm release
+    toolkit: Toolkit | None = None
     devices: list[Device] = []
 
     @field_validator("name")
@@ -171,6 +188,18 @@ class Host(Strict):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", v) or v in (".", ".."):
             raise ValueError("use up to 63 letters, digits, '.', '-' and '_' (it names a directory)")
         return v
+
+    @model_validator(mode="after")
+    def _runtime(self) -> Host:
+        if self.os != "linux" and self.runtime == "docker":
+            why = ("Docker Desktop cannot pass a Mac's GPU into a container" if self.os == "macos" else
+                   "Docker Desktop's host network is not reachable from the LAN")
+            raise ValueError(f"os: {self.os} needs runtime: native ({why})")
+        for i, d in enumerate(self.devices):
+            problem = d.record.runtime_problem(self.runtime, self.os)
+            if problem:
+                raise ValueError(f"devices[{i}]: {problem}")
+        return self
 
     @model_validator(mode="after")
     def _distinct_gpus(self) -> Host:
@@ -218,6 +247,9 @@ class ClusterConfig(Strict):
         if self.master.host not in {h.name for h in self.hosts}:
             names = ", ".join(h.name for h in self.hosts) or "none"
             raise ValueError(f"master.host {self.master.host!r} is not one of the hosts ({names})")
+        if self.master_host.runtime != "docker":
+            raise ValueError(f"master.host {self.master.host!r} has runtime: native; llama-server runs in Docker "
+                             "under its supervisor: choose a Docker host as master (native hosts serve workers)")
         defaults = [n for n, m in self.models.items() if m.default]
         if len(defaults) > 1:
             raise ValueError(f"models {', '.join(defaults)} are all marked default; mark one")

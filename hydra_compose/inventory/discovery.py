@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import vendors
-from ..vendors.base import GpuInfo
+from ..vendors.base import GpuInfo, sysfs_cards
 from .safe_values import WILDCARD, is_ipv4
 
 
@@ -38,6 +38,8 @@ class HostReport:
     amd_cdi: bool = False  # the AMD container toolkit's CDI spec is installed
     video_gid: int | None = None
     render_gid: int | None = None
+    nvidia_driver: str | None = None
+    rocm_version: str | None = None
     devices: list[GpuInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -46,6 +48,7 @@ class HostReport:
                 "addresses": self.addresses, "cpu_cores": self.cpu_cores, "ram_mib": self.ram_mib,
                 "disk_free_mib": self.disk_free_mib, "docker": self.docker, "kfd": self.kfd, "amd_cdi": self.amd_cdi,
                 "video_gid": self.video_gid, "render_gid": self.render_gid,
+                "nvidia_driver": self.nvidia_driver, "rocm_version": self.rocm_version,
                 "devices": [d.to_json() for d in self.devices], "notes": self.notes}
 
 
@@ -120,8 +123,29 @@ def parse_report(target: InspectTarget, text: str) -> HostReport:
                 rep.video_gid = int(parts[2])
             elif parts[0] == "render":
                 rep.render_gid = int(parts[2])
-    rep.devices = [gpu for record in vendors.ALL for gpu in record.detect(s, rep.notes)]
+    rep.nvidia_driver = _version(s.get("nvidia_driver"))
+    rep.rocm_version = _version(s.get("rocm_version"))
+    found = [gpu for record in vendors.ALL for gpu in record.detect(s, rep.notes)]
+    # each GPU's /dev/dri node, matched by PCI bus id: index order says nothing next to another card
+    nodes = {bus_key(c["bus"]): c["render"] for c in sysfs_cards(s) if c.get("bus") and c.get("render")}
+    rep.devices = [replace(g, render_node=g.render_node or nodes.get(bus_key(g.bus_id or ""))) for g in found]
     return rep
+
+
+def bus_key(bus_id: str) -> str:
+    """A PCI address as sysfs spells it: nvidia-smi's 00000000:02:00.0 -> 0000:02:00.0."""
+    parts = bus_id.strip().lower().split(":")
+    if len(parts) == 3:
+        parts[0] = parts[0][-4:].rjust(4, "0")
+    elif len(parts) == 2:
+        parts.insert(0, "0000")
+    return ":".join(parts)
+
+
+def _version(text: str | None) -> str | None:
+    """A driver or toolkit version from a tool's first line: digits and dots, else nothing."""
+    m = re.match(r"\s*([0-9]{1,3}(?:\.[0-9]{1,3}){1,2})", text or "")
+    return m[1] if m else None
 
 
 
@@ -130,7 +154,7 @@ def to_json(reports: list[HostReport], errors: list[str]) -> dict:
 
 
 # Fields inspect owns on a device; everything else (rpc_port, reserve_gb, threads, ...) is the user's.
-DETECTED = ("name", "arch", "vram_gb", "bus_id", "power_limit_w", "power_min_w", "power_max_w")
+DETECTED = ("name", "arch", "vram_gb", "bus_id", "render_node", "power_limit_w", "power_min_w", "power_max_w")
 
 
 def _device(gpu: GpuInfo) -> dict:
@@ -138,7 +162,7 @@ def _device(gpu: GpuInfo) -> dict:
     d = {"vendor": gpu.vendor, "name": plain_text(gpu.name) or None, "arch": arch,
          "vram_gb": round(gpu.vram_mib / 1024, 1) if gpu.vram_mib else None, "index": gpu.index,
          "bus_id": gpu.bus_id, "power_limit_w": gpu.power_limit_w, "power_min_w": gpu.power_min_w,
-         "power_max_w": gpu.power_max_w}
+         "power_max_w": gpu.power_max_w, "render_node": gpu.render_node}
     return {k: v for k, v in d.items() if v is not None and (v != 0 or k == "index")}  # GPU 0 keeps its index
 
 
@@ -163,6 +187,9 @@ def merge(raw: dict, reports: list[HostReport]) -> dict:
                 host["amd_cdi"] = True
         if rep.ram_mib:
             host["ram_gb"] = round(rep.ram_mib / 1024, 1)
+        for key in ("nvidia_driver", "rocm_version"):  # they pick the toolkit release of the host's image
+            if getattr(rep, key):
+                host[key] = getattr(rep, key)
         devices = [dict(d) for d in host.get("devices") or []]
         for gpu in rep.devices:
             found = _device(gpu)

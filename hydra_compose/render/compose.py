@@ -169,6 +169,19 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
     return svc
 
 
+def render_notes(cfg: ClusterConfig) -> list[str]:
+    """Warnings about the images and the device access generate writes (e.g. a driver nobody recorded)."""
+    notes = [n for spec in images.all_images(cfg).values() for n in spec.notes]
+    served = [d for w in rpc_workers(cfg) for d in w.devices if cfg.host(w.host).runtime == "docker"]
+    served += [d for d in cfg.master_host.devices if d.is_gpu and d.vendor == master_vendor(cfg)]
+    for host in cfg.hosts:
+        for record in vendors.ALL:
+            mine = [d for d in host.devices if d.vendor == record.name and any(d is s for s in served)]
+            if mine:
+                notes += record.access_notes(host, mine)
+    return notes
+
+
 def render_compose(cfg: ClusterConfig, plan: Plan, served: ServedModel, host: Host, config_name: str,
                    source: BuildSource, models_rel: str) -> str:
     workers = [w for w in rpc_workers(cfg) if w.host == host.name]

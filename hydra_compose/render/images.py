@@ -35,6 +35,8 @@ def all_images(cfg: ClusterConfig) -> dict[tuple[str, str], ImageSpec]:
     """(host, vendor) -> what that host builds; checked for every host before anything renders."""
     out = {}
     for host in cfg.hosts:
+        if host.runtime != "docker":
+            continue  # native hosts install llama.cpp themselves (render/native.py)
         for vendor in host_vendors(cfg, host):
             out[(host.name, vendor)] = host_image(host, vendor)
     return out

@@ -56,8 +56,9 @@ class Stack:
         return r.stdout
 
 
-def stacks(project, hosts: list[str] | None = None) -> list[Stack]:  # noqa: ANN001
-    """Stacks in start order: hosts with only workers first, the master's host last."""
+def stacks(project, hosts: list[str] | None = None, act: bool = False) -> list[Stack]:  # noqa: ANN001
+    """The Docker hosts' stacks in start order: hosts with only workers first, the master's host last.
+    act: the caller changes them, so a host must be this machine or reachable through ssh:."""
     cfg = project.config
     names = {h.name for h in cfg.hosts}
     for name in hosts or []:
@@ -65,13 +66,35 @@ def stacks(project, hosts: list[str] | None = None) -> list[Stack]:  # noqa: ANN
             raise ClusterError(f"host {name} is not in cluster.yaml", f"use one of {', '.join(sorted(names))}")
     out = []
     for h in cfg.hosts:
-        if hosts and h.name not in hosts:
-            continue
+        if (hosts and h.name not in hosts) or h.runtime != "docker":
+            continue  # native hosts run their workers as services (native/<host>/install.*)
+        if act and not h.ssh and not is_this_machine(h.address):
+            raise ClusterError(f"{h.name} ({h.address}) is not this machine and has no ssh: entry, so its stack "
+                               "would start on this machine's Docker instead",
+                               f"add ssh: user@{h.address} to it in cluster.yaml, or run `hydra-compose up "
+                               f"{h.name}` on {h.name} itself (and name the other hosts here)")
         f = project.root / "compose" / h.name / "docker-compose.yml"
         if not f.exists():
             raise ClusterError(f"{f} does not exist", "run `hydra-compose generate` first")
         out.append(Stack(h, f, h.name == cfg.master.host))
     return sorted(out, key=lambda s: s.is_master)
+
+
+def is_this_machine(address: str) -> bool:
+    """Whether an address (or what a name resolves to) belongs to this machine: only a local
+    address can be bound."""
+    try:
+        infos = socket.getaddrinfo(address, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for info in infos:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((info[4][0], 0))
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def port_open(address: str, port: int, timeout: float = 1.0) -> bool:

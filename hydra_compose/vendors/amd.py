@@ -14,15 +14,23 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..errors import PowerError, RenderError
-from .base import UBUNTU_VERSION, GpuInfo, ImageSpec, Interpolated, Limits, PowerControl, Sample, Vendor, number
+from .base import (UBUNTU_VERSION, GpuInfo, ImageSpec, Limits, NativeBuild, PowerControl, Sample, Vendor,
+                   gid_groups, gid_lines, guessed_nodes, number, render_node, sysfs_cards, version_tuple)
 
 if TYPE_CHECKING:
     from ..inventory.config import Device, Host
 
-# ROCm releases, newest first, and the targets each one no longer ships kernels for:
+# ROCm releases we pick from, newest first, and the targets each one no longer ships kernels for:
 # rocBLAS in 6.4 dropped gfx906 (MI50/MI60/Radeon VII); RDNA4 (gfx120x) needs 6.4.
 ROCM_RELEASES = (("6.4.4", frozenset({"gfx803", "gfx900", "gfx906"})),
                  ("6.3.4", frozenset({"gfx803", "gfx1200", "gfx1201"})))
+# releases a host may name itself (toolkit: {rocm: X.Y.Z}), by major.minor
+ROCM_DROPPED = {"6.2": frozenset({"gfx803", "gfx1200", "gfx1201"}), "6.3": ROCM_RELEASES[1][1],
+                "6.4": ROCM_RELEASES[0][1], "7.0": ROCM_RELEASES[0][1], "7.1": ROCM_RELEASES[0][1]}
+# gfx906 on a release without its kernels works with rocBLAS's gfx906 files copied from the last
+# release that had them (what MI50 owners on ROCm 7 do): the Dockerfile's rocblas-kernels stage.
+KERNELS_RELEASE = "6.3.4"
+KERNEL_ARCHS = frozenset({"gfx906"})
 
 # PCI device id -> (name, gfx target) for AMD cards seen through sysfs alone.
 DEVICE_IDS = {"0x66a0": ("Instinct MI50/MI60", "gfx906"), "0x66a1": ("Instinct MI50/MI60", "gfx906"),
@@ -30,6 +38,11 @@ DEVICE_IDS = {"0x66a0": ("Instinct MI50/MI60", "gfx906"), "0x66a1": ("Instinct M
               "0x740f": ("Instinct MI210", "gfx90a"), "0x73bf": ("RX 6800/6900", "gfx1030"),
               "0x744c": ("RX 7900 XTX/XT", "gfx1100"), "0x7480": ("RX 7600/7700", "gfx1102"),
               "0x747e": ("RX 7800/7700 XT", "gfx1101"), "0x7550": ("RX 9070", "gfx1201")}
+
+# Targets ROCm's libraries ship kernels for (gfx906 up to 6.3). Other AMD GPUs (RX 6600, APUs, Polaris)
+# run llama.cpp through Vulkan: inspect reports them as vendor vulkan.
+ROCM_TARGETS = frozenset({"gfx906", "gfx908", "gfx90a", "gfx942", "gfx950", "gfx1030", "gfx1100", "gfx1101",
+                          "gfx1102", "gfx1151", "gfx1200", "gfx1201"})
 
 BANDWIDTH_BY_NAME = {
     "mi300": 5300, "mi250": 3277, "mi210": 1638, "mi100": 1229, "mi60": 1024, "mi50": 1024,
@@ -41,13 +54,34 @@ BANDWIDTH_BY_ARCH = {"gfx906": 1024, "gfx908": 1229, "gfx90a": 1638, "gfx942": 5
                      "gfx1100": 960, "gfx1101": 624, "gfx1102": 288, "gfx1200": 640, "gfx1201": 640}
 
 
-def rocm_release(archs: list[str]) -> str:
-    for version, dropped in ROCM_RELEASES:
-        if not dropped & set(archs):
-            return version
-    raise RenderError(f"no ROCm release runs all of {', '.join(sorted(set(archs)))} in one image",
-                      "put these cards on different hosts (each host gets its own ROCm release), "
-                      "or leave the oldest out of cluster.yaml")
+def rocm_release(host: Host, archs: list[str]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(release, targets whose rocBLAS kernels come from KERNELS_RELEASE, notes) for this host."""
+    wanted = host.toolkit.rocm if host.toolkit else None
+    if wanted:
+        dropped = ROCM_DROPPED.get(".".join(wanted.split(".")[:2]))
+        if dropped is None or wanted.count(".") != 2:
+            raise RenderError(f"{host.name}: toolkit rocm {wanted} is not a ROCm release we know",
+                              f"use one of {', '.join(f'{v}.x' for v in ROCM_DROPPED)} (major.minor.patch)")
+        missing = sorted(dropped & set(archs))
+        borrowed = tuple(a for a in missing if a in KERNEL_ARCHS)
+        if set(missing) - set(borrowed):
+            raise RenderError(f"{host.name}: ROCm {wanted} has no kernels for {', '.join(sorted(set(missing) - set(borrowed)))}",
+                              "choose another toolkit rocm or remove the override")
+        return wanted, borrowed, ()
+    runs = [v for v, dropped in ROCM_RELEASES if not dropped & set(archs)]
+    if not runs:
+        raise RenderError(f"no ROCm release runs all of {', '.join(sorted(set(archs)))} in one image",
+                          "put these cards on different hosts (each host gets its own ROCm release), "
+                          "or leave the oldest out of cluster.yaml")
+    if host.rocm_version is None:
+        return runs[0], (), ()
+    # the host's kernel driver came with its ROCm: prefer an image no newer than that
+    host_minor = version_tuple(host.rocm_version)[:2]
+    older = [v for v in runs if version_tuple(v)[:2] <= host_minor]
+    if older:
+        return older[0], (), ()
+    return runs[-1], (), (f"{host.name} has ROCm {host.rocm_version}; its image uses ROCm {runs[-1]}: if the "
+                          "worker sees no GPU, update the host's amdgpu driver (amdgpu-dkms) or set toolkit: {rocm: ...}",)
 
 
 def find_number(obj: object, *keys: str) -> float | None:
@@ -132,17 +166,6 @@ def gfx_from_target_version(version: int) -> str | None:
     return f"gfx{major}{minor:x}{step:x}"
 
 
-def sysfs_cards(sections: dict[str, str]) -> list[dict]:
-    """The probe's /sys/class/drm lines: vendor, device id, VRAM bytes, PCI bus id."""
-    cards = []
-    for line in (sections.get("sysfs_cards") or "").splitlines():
-        f = line.split()
-        if len(f) >= 3:
-            cards.append({"vendor": f[0], "device": f[1], "vram_bytes": int(f[2]) if f[2].isdigit() else None,
-                          "bus": f[3] if len(f) > 3 else None})
-    return cards
-
-
 def parse_sysfs(cards: list[dict], kfd_nodes: list[dict]) -> list[GpuInfo]:
     """cards: {vendor, device, vram_bytes, bus}; kfd_nodes: {gfx_target_version} of GPU nodes, same order."""
     amd = [c for c in cards if c.get("vendor") == "0x1002"]
@@ -153,7 +176,8 @@ def parse_sysfs(cards: list[dict], kfd_nodes: list[dict]) -> list[GpuInfo]:
         known = DEVICE_IDS.get(c.get("device", ""), (f"AMD GPU {c.get('device', '')}".strip(), None))
         arch = gfx[i] if i < len(gfx) else known[1]
         vram = c.get("vram_bytes")
-        gpus.append(GpuInfo("amd", known[0], arch, int(vram) // 1048576 if vram else None, i, c.get("bus")))
+        gpus.append(GpuInfo("amd", known[0], arch, int(vram) // 1048576 if vram else None, i, c.get("bus"),
+                            render_node=c.get("render")))
     return gpus
 
 
@@ -213,31 +237,49 @@ class Amd(Vendor):
     power = AmdPower
     uses_render_nodes = True
 
+    def runtime_problem(self, runtime: str, os: str) -> str | None:
+        if os == "macos":
+            return "no AMD GPU serves llama.cpp on macOS: use vendor: metal (Apple GPU) or cpu"
+        if os == "windows":
+            return "on Windows an AMD GPU runs llama.cpp through Vulkan: use vendor: vulkan"
+        return None
+
     def image(self, host: Host, devices: list[Device]) -> ImageSpec:
         archs = tuple(sorted({d.arch for d in self.devices_with_arch(host, devices)}))
-        release = rocm_release(list(archs))
+        release, borrowed, notes = rocm_release(host, list(archs))
         image = f"rocm/dev-ubuntu-{UBUNTU_VERSION}:{release}-complete"
-        return ImageSpec(self.name, release, archs, image, image, f"rocm{release}-{'.'.join(archs)}",
-                         (("BUILD_IMAGE", image), ("RUNTIME_IMAGE", image), ("GPU_TARGETS", ";".join(archs))))
+        args = [("BUILD_IMAGE", image), ("RUNTIME_IMAGE", image), ("GPU_TARGETS", ";".join(archs))]
+        tag = f"rocm{release}-{'.'.join(archs)}"
+        if borrowed:
+            args += [("ROCBLAS_KERNELS_IMAGE", f"rocm/dev-ubuntu-{UBUNTU_VERSION}:{KERNELS_RELEASE}-complete"),
+                     ("ROCBLAS_KERNEL_TARGETS", " ".join(borrowed))]
+            tag += f"-kernels{KERNELS_RELEASE}"
+        return ImageSpec(self.name, release, archs, image, image, tag, tuple(args), notes)
+
+    def native_build(self, host: Host, devices: list[Device]) -> NativeBuild:
+        if host.os != "linux":
+            return super().native_build(host, devices)
+        targets = ";".join(sorted({d.arch for d in self.devices_with_arch(host, devices)}))
+        return NativeBuild((), f"-DGGML_HIP=ON -DGPU_TARGETS={targets}")  # the host's own ROCm builds it
 
     def template_context(self, first: ImageSpec, specs: list[ImageSpec]) -> dict:
-        return {"gpu_targets": ";".join(first.archs)}
+        # the rocBLAS kernel stage is in the Dockerfile only when some host borrows kernels
+        borrow = any(dict(s.build_args).get("ROCBLAS_KERNEL_TARGETS") for s in specs)
+        return {"gpu_targets": ";".join(first.archs), "borrow_kernels": borrow}
 
     def gpu_access(self, host: Host, devices: list[Device]) -> dict:
-        indexes = [d.index or 0 for d in devices]
         if host.amd_cdi:  # the AMD container toolkit's CDI spec names every GPU
-            return {"devices": [f"amd.com/gpu={i}" for i in indexes]}
-        # without CDI: /dev/kfd, one render node per GPU and the host's numeric video/render GIDs
-        return {"devices": ["/dev/kfd", *[f"/dev/dri/renderD{128 + i}" for i in indexes]],
-                "group_add": [Interpolated("${VIDEO_GID:?set VIDEO_GID in .env (getent group video)}"),
-                              Interpolated("${RENDER_GID:?set RENDER_GID in .env (getent group render)}")],
+            return {"devices": [f"amd.com/gpu={d.index or 0}" for d in devices]}
+        # without CDI: /dev/kfd, each GPU's render node and the host's numeric video/render GIDs
+        return {"devices": ["/dev/kfd", *[f"/dev/dri/{render_node(d)}" for d in devices]],
+                "group_add": gid_groups(host),
                 "security_opt": ["seccomp=unconfined"]}
 
+    def access_notes(self, host: Host, devices: list[Device]) -> list[str]:
+        return [] if host.amd_cdi else guessed_nodes(host, devices)
+
     def env_lines(self, host: Host) -> list[str]:
-        if host.amd_cdi:
-            return []
-        return [f"VIDEO_GID={host.video_gid if host.video_gid is not None else 44}",
-                f"RENDER_GID={host.render_gid if host.render_gid is not None else 992}"]
+        return [] if host.amd_cdi else gid_lines(host)
 
     def detect(self, sections: dict[str, str], notes: list[str]) -> list[GpuInfo]:
         attempts = (("amd_smi", parse_amd_smi), ("rocm_smi", parse_rocm_smi), ("rocminfo", parse_rocminfo))
@@ -250,8 +292,18 @@ class Amd(Vendor):
                                  "trying the next source")
                     continue
                 if gpus:
-                    return _fill_from_sysfs(gpus, sections)
-        return _sysfs(sections)
+                    return _rocm_or_vulkan(_fill_from_sysfs(gpus, sections), notes)
+        return _rocm_or_vulkan(_sysfs(sections), notes)
+
+
+def _rocm_or_vulkan(gpus: list[GpuInfo], notes: list[str]) -> list[GpuInfo]:
+    out = []
+    for g in gpus:
+        if g.arch and g.arch not in ROCM_TARGETS:
+            notes.append(f"{g.name} ({g.arch}) has no ROCm kernels: listed as a Vulkan device")
+            g = replace(g, vendor="vulkan", arch=g.arch, power_limit_w=None, power_min_w=None, power_max_w=None)
+        out.append(g)
+    return out
 
 
 def _fill_from_sysfs(gpus: list[GpuInfo], sections: dict[str, str]) -> list[GpuInfo]:

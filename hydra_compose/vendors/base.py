@@ -41,6 +41,7 @@ class GpuInfo:
     power_limit_w: float | None = None
     power_min_w: float | None = None
     power_max_w: float | None = None
+    render_node: str | None = None  # renderD128 ...: the card's /dev/dri node (sysfs, matched by PCI bus id)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -61,6 +62,16 @@ class ImageSpec:
     runtime_image: str
     tag: str  # names the build: cuda12.9.1-sm61.86, rocm6.3.4-gfx906, vulkan, cpu
     build_args: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()  # what generate should warn about (e.g. a driver nobody recorded)
+
+
+@dataclass(frozen=True)
+class NativeBuild:
+    """How a native worker host gets llama.cpp at the cluster's ref: an official release archive
+    where one exists for its OS and backend ({ref} in the names), else a build from source."""
+
+    archives: tuple[str, ...]  # the first holds the binaries; more: runtime libraries beside them (cudart)
+    cmake_flags: str  # for the source build
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,10 @@ class Vendor:
             return f"unknown {self.name} arch {arch!r} (write it like {self.arch_example})"
         return None
 
+    def runtime_problem(self, runtime: str, os: str) -> str | None:
+        """Why a device of this vendor cannot be served on a host with this runtime and OS, or None."""
+        return None
+
     def default_reserve_gb(self, memory_gb: float) -> float:
         """What llama.cpp keeps free by default (--fit-target 1024 MiB), at most a quarter."""
         return min(1.0, memory_gb / 4) if self.is_gpu else 0.0
@@ -149,10 +164,19 @@ class Vendor:
         """Extra Jinja variables of this vendor's Dockerfile (defaults: the first host's build)."""
         return {}
 
+    def native_build(self, host: Host, devices: list[Device]) -> NativeBuild:
+        """What a native host (runtime: native) installs to serve these devices."""
+        raise RenderError(f"{host.name}: {self.label} devices cannot be served natively on {host.os}",
+                          "use runtime: docker for this host, or another vendor")
+
     # compose -----------------------------------------------------------------------------
     def gpu_access(self, host: Host, devices: list[Device]) -> dict:
         """Compose keys that hand these devices of the host to a container."""
         return {}
+
+    def access_notes(self, host: Host, devices: list[Device]) -> list[str]:
+        """What generate should warn about how these devices reach their container."""
+        return []
 
     def env_lines(self, host: Host) -> list[str]:
         """Host facts this vendor's compose keys interpolate from .env."""
@@ -182,9 +206,13 @@ class Vendor:
 def name_key(name: str) -> str:
     """A card name reduced for table lookups: 'NVIDIA GeForce RTX 4070' -> '4070'-ish keys match."""
     low = name.lower()
-    for word in ("nvidia", "geforce", "radeon", "instinct", "amd", "intel(r)", "intel", "rtx ", "rx "):
+    for word in ("(tm)", "(r)", "nvidia", "geforce", "radeon", "instinct", "amd", "intel", "rtx ", "rx "):
         low = low.replace(word, " ")
     return re.sub(r"\s+", " ", low).strip()
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
 
 
 def number(text: str) -> float | None:
@@ -194,3 +222,44 @@ def number(text: str) -> float | None:
         return None
     value = float(text)
     return value if abs(value) < 1e15 else None
+
+
+def sysfs_cards(sections: dict[str, str]) -> list[dict]:
+    """The probe's /sys/class/drm lines: vendor, device id, VRAM bytes, PCI bus id, render node."""
+    cards = []
+    for line in (sections.get("sysfs_cards") or "").splitlines():
+        f = line.split()
+        if len(f) >= 3:
+            render = f[4] if len(f) > 4 and re.fullmatch(r"renderD[0-9]{3}", f[4]) else None
+            cards.append({"vendor": f[0], "device": f[1], "vram_bytes": int(f[2]) if f[2].isdigit() else None,
+                          "bus": f[3] if len(f) > 3 else None, "render": render})
+    return cards
+
+
+def guessed_nodes(host: Host, devices: list[Device]) -> list[str]:
+    """A warning for devices whose render node is a guess from their index."""
+    guessed = [d for d in devices if not d.render_node]
+    if not guessed:
+        return []
+    return [f"{host.name}: /dev/dri/{render_node(guessed[0])} for {guessed[0].name or guessed[0].vendor} is guessed from "
+            "its index; next to another GPU (an iGPU, an NVIDIA card) that node is another card. Run "
+            "`hydra-compose inspect --write` to record each card's node by its PCI bus id"]
+
+
+def render_node(device: Device) -> str:
+    """The card's /dev/dri node: recorded by inspect (by PCI bus id), else the index's guess."""
+    return device.render_node or f"renderD{128 + (device.index or 0)}"
+
+
+def gid_groups(host: Host) -> list[Interpolated]:
+    """group_add entries for /dev/dri and /dev/kfd: the host's numeric video and render GIDs (from .env);
+    one entry where both are the same group (compose refuses duplicates)."""
+    video = Interpolated("${VIDEO_GID:?set VIDEO_GID in .env (getent group video)}")
+    render = Interpolated("${RENDER_GID:?set RENDER_GID in .env (getent group render)}")
+    same = host.video_gid is not None and host.video_gid == host.render_gid
+    return [video] if same else [video, render]
+
+
+def gid_lines(host: Host) -> list[str]:
+    return [f"VIDEO_GID={host.video_gid if host.video_gid is not None else 44}",
+            f"RENDER_GID={host.render_gid if host.render_gid is not None else 992}"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import CPU_IMAGE, ImageSpec, Vendor
+from .base import CPU_IMAGE, ImageSpec, NativeBuild, Vendor
 
 if TYPE_CHECKING:
     from ..inventory.config import Device, Host
@@ -29,6 +29,11 @@ class Cpu(Vendor):
 
     def image(self, host: Host, devices: list[Device]) -> ImageSpec:
         return ImageSpec(self.name, None, (), CPU_IMAGE, CPU_IMAGE, "cpu")
+
+    def native_build(self, host: Host, devices: list[Device]) -> NativeBuild:
+        archive = {"linux": "llama-{ref}-bin-ubuntu-x64.tar.gz", "windows": "llama-{ref}-bin-win-cpu-x64.zip",
+                   "macos": "llama-{ref}-bin-macos-arm64.tar.gz"}[host.os]
+        return NativeBuild((archive,), "")
 
     def worker_args(self, devices: list[Device]) -> list[str]:
         return ["-t", str(devices[0].threads or DEFAULT_THREADS)]

@@ -6,15 +6,23 @@ import re
 from typing import TYPE_CHECKING
 
 from ..errors import PowerError, RenderError
-from .base import UBUNTU_VERSION, GpuInfo, ImageSpec, Limits, ParseError, PowerControl, Sample, Vendor, number
+from .base import (UBUNTU_VERSION, GpuInfo, ImageSpec, Limits, NativeBuild, ParseError, PowerControl, Sample, Vendor,
+                   number, version_tuple)
 
 if TYPE_CHECKING:
     from ..inventory.config import Device, Host
 
-# CUDA releases we pick from, newest first: (version, lowest sm, highest sm it builds).
+# CUDA releases we pick from, newest first: (version, lowest sm, highest sm it builds, the oldest
+# Linux driver its runtime image starts on — NVIDIA's release notes, "CUDA Toolkit and Corresponding
+# Driver Versions"; the container toolkit refuses an image whose CUDA the driver does not support).
 # sm_50..sm_72 were dropped in CUDA 13; sm_100/sm_120 need 12.8; Kepler left with 12.0.
-CUDA_RELEASES = (("13.0.1", 75, 121), ("12.9.1", 50, 121), ("12.8.1", 50, 120), ("12.6.3", 50, 90),
-                 ("11.8.0", 35, 90))
+CUDA_RELEASES = (("13.0.1", 75, 121, "580.82.07"), ("12.9.1", 50, 121, "575.57.08"),
+                 ("12.8.1", 50, 120, "570.124.06"), ("12.6.3", 50, 90, "560.35.05"),
+                 ("12.4.1", 50, 90, "550.54.15"), ("12.2.2", 50, 90, "535.104.05"), ("11.8.0", 35, 90, "520.61.05"))
+# the releases a host may also name itself (toolkit: {cuda: X.Y.Z}): major.minor -> (lowest, highest sm, driver)
+CUDA_KNOWN = {v.rsplit(".", 1)[0]: (lo, hi, drv) for v, lo, hi, drv in CUDA_RELEASES} | {
+    "13.1": (75, 121, "590.44.01"), "12.5": (50, 90, "555.42.06"), "12.3": (50, 90, "545.23.08"),
+    "12.1": (50, 90, "530.30.02"), "12.0": (50, 90, "525.60.13")}
 
 # Compute capability by card name, for drivers whose nvidia-smi rejects compute_cap.
 NAME_ARCH = (("rtx 50", "sm_120"), ("rtx pro 6000", "sm_120"), ("rtx 40", "sm_89"), ("l40", "sm_89"),
@@ -44,15 +52,48 @@ def sm(arch: str) -> int:
     return int(re.match(r"sm_(\d+)", arch).group(1))  # type: ignore[union-attr]
 
 
-def cuda_release(archs: list[str]) -> str:
-    nums = [sm(a) for a in archs]
-    for version, lo, hi in CUDA_RELEASES:
-        if all(lo <= n <= hi for n in nums):
-            return version
-    old = [a for a in archs if sm(a) < 50]
-    raise RenderError(f"no CUDA release builds all of {', '.join(sorted(set(archs)))} in one image",
-                      f"serve {', '.join(old) or 'the oldest cards'} with another llama.cpp build, "
-                      "or leave them out of cluster.yaml")
+def cuda_release(host: Host, archs: list[str]) -> tuple[str, tuple[str, ...]]:
+    """The CUDA release of this host's image, and notes: the newest that builds every arch and
+    starts on the host's driver (when recorded), or the host's own toolkit: {cuda: ...}."""
+    nums = sorted({sm(a) for a in archs})
+    driver = host.nvidia_driver
+    wanted = host.toolkit.cuda if host.toolkit else None
+    if wanted:
+        return _checked_override(host, wanted, nums), ()
+    builds = [(v, drv) for v, lo, hi, drv in CUDA_RELEASES if all(lo <= n <= hi for n in nums)]
+    if not builds:
+        old = [a for a in archs if sm(a) < 50]
+        raise RenderError(f"no CUDA release builds all of {', '.join(sorted(set(archs)))} in one image",
+                          f"serve {', '.join(old) or 'the oldest cards'} with another llama.cpp build, "
+                          "or leave them out of cluster.yaml")
+    if driver is None:
+        version, needs = builds[0]
+        return version, (f"{host.name}: the CUDA {version} image needs NVIDIA driver {needs} or newer and the "
+                         "host's driver is not recorded; run `hydra-compose inspect --write` (or set "
+                         "toolkit: {cuda: ...}) if it is older",)
+    runs = [v for v, drv in builds if version_tuple(driver) >= version_tuple(drv)]
+    if not runs:
+        version, needs = builds[-1]
+        raise RenderError(f"{host.name}'s NVIDIA driver {driver} is too old for every CUDA release that builds "
+                          f"sm_{', sm_'.join(map(str, nums))} (CUDA {version} needs {needs})",
+                          f"update the driver to {needs} or newer")
+    return runs[0], ()
+
+
+def _checked_override(host: Host, wanted: str, nums: list[int]) -> str:
+    known = CUDA_KNOWN.get(".".join(wanted.split(".")[:2]))
+    if known is None or wanted.count(".") != 2:
+        raise RenderError(f"{host.name}: toolkit cuda {wanted} is not a CUDA release we know",
+                          f"use one of {', '.join(v for v, *_ in CUDA_RELEASES)} (major.minor.patch)")
+    lo, hi, needs = known
+    bad = [n for n in nums if not lo <= n <= hi]
+    if bad:
+        raise RenderError(f"{host.name}: CUDA {wanted} cannot build sm_{bad[0]}",
+                          f"CUDA {wanted} builds sm_{lo} to sm_{hi}: choose another toolkit or remove the override")
+    if host.nvidia_driver and version_tuple(host.nvidia_driver) < version_tuple(needs):
+        raise RenderError(f"{host.name}: CUDA {wanted} needs NVIDIA driver {needs}, the host has {host.nvidia_driver}",
+                          "update the driver, or name an older toolkit cuda")
+    return wanted
 
 
 def arch_from_name(name: str) -> str | None:
@@ -151,16 +192,35 @@ class Nvidia(Vendor):
     bandwidth_by_arch = BANDWIDTH_BY_ARCH
     power = NvidiaPower
 
+    def runtime_problem(self, runtime: str, os: str) -> str | None:
+        if os == "macos":
+            return "no NVIDIA GPU serves llama.cpp on macOS: use vendor: metal (Apple GPU) or cpu"
+        return None
+
     def image(self, host: Host, devices: list[Device]) -> ImageSpec:
         archs = [d.arch for d in self.devices_with_arch(host, devices)]
-        release = cuda_release(archs)
+        release, notes = cuda_release(host, archs)
         targets = tuple(sorted({str(sm(a)) for a in archs}, key=int))
-        ubuntu = "22.04" if release.startswith("11.") else UBUNTU_VERSION
+        ubuntu = "22.04" if version_tuple(release) < (12, 5) else UBUNTU_VERSION  # 24.04 images start at 12.5
         build = f"nvidia/cuda:{release}-devel-ubuntu{ubuntu}"
         runtime = f"nvidia/cuda:{release}-runtime-ubuntu{ubuntu}"
         return ImageSpec(self.name, release, targets, build, runtime, f"cuda{release}-sm{'.'.join(targets)}",
                          (("BUILD_IMAGE", build), ("RUNTIME_IMAGE", runtime),
-                          ("CUDA_ARCHITECTURES", ";".join(targets))))
+                          ("CUDA_ARCHITECTURES", ";".join(targets))), notes)
+
+    def native_build(self, host: Host, devices: list[Device]) -> NativeBuild:
+        """llama.cpp's release archives: Windows CUDA 12.4 / 13.4 zips, Ubuntu CUDA 12.8 / 13.4 tarballs,
+        each with its CUDA runtime archive; 13.4 where a card needs it (sm_120) or the driver runs it."""
+        archs = [d.arch for d in self.devices_with_arch(host, devices)]
+        new = any(sm(a) >= 100 for a in archs) or bool(host.nvidia_driver and version_tuple(host.nvidia_driver) >= (580,))
+        flags = f"-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES={';'.join(sorted({str(sm(a)) for a in archs}, key=int))}"
+        if host.os == "windows":
+            cuda = "13.4" if new else "12.4"
+            return NativeBuild((f"llama-{{ref}}-bin-win-cuda-{cuda}-x64.zip", f"cudart-llama-bin-win-cuda-{cuda}-x64.zip"),
+                               flags)
+        cuda = "13.4" if new else "12.8"
+        return NativeBuild((f"llama-{{ref}}-bin-ubuntu-cuda-{cuda}-x64.tar.gz",
+                            f"cudart-llama-{{ref}}-bin-ubuntu-cuda-{cuda}-x64.tar.gz"), flags)
 
     def template_context(self, first: ImageSpec, specs: list[ImageSpec]) -> dict:
         return {"cuda_version": first.release, "cuda_architectures": ";".join(first.archs)}
