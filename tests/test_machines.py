@@ -312,3 +312,35 @@ def test_up_never_starts_a_remote_host_on_the_local_engine(tmp_path):
     assert run_cli("generate", cwd=proj).returncode == 0
     for verb in ("up", "down"):
         fails(run_cli(verb, cwd=proj), "far (203.0.113.9) is not this machine and has no ssh: entry")
+
+
+MAC_PROBE = """==hostname
+Studio.local
+==addresses
+127.0.0.1
+10.0.0.5
+==os
+Darwin
+==cores
+24
+==apple
+Apple M2 Ultra
+206158430208
+==meminfo
+==end
+"""
+
+
+def test_inspect_a_mac_gives_a_native_metal_worker():
+    from hydra_compose.inventory.config import parse_config
+    from hydra_compose.inventory.discovery import InspectTarget, merge, parse_report
+
+    rep = parse_report(InspectTarget("ssh://me@10.0.0.5", "me@10.0.0.5"), MAC_PROBE)
+    assert (rep.os, rep.ram_mib, rep.address) == ("macos", 196608, "10.0.0.5")
+    (gpu,) = rep.devices
+    assert (gpu.vendor, gpu.name, gpu.vram_mib) == ("metal", "M2 Ultra", 147456)
+    merged = merge({"master": {"host": "front"}, "hosts": [
+        {"name": "front", "address": "10.0.0.2", "devices": [{"vendor": "cpu", "memory_gb": 8}]}]}, [rep])
+    mac = merged["hosts"][1]
+    assert (mac["os"], mac["runtime"], mac["devices"][0]["vram_gb"]) == ("macos", "native", 144.0)
+    parse_config(yaml.safe_dump(merged))  # what --write would write, plannable

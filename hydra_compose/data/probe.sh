@@ -4,8 +4,12 @@
 # that happen to be installed. HYDRA_SYSFS_ROOT points sysfs elsewhere (tests).
 sys=${HYDRA_SYSFS_ROOT:-/sys}
 echo "==hostname"; hostname 2>/dev/null || cat /etc/hostname
-echo "==addresses"; { hostname -I 2>/dev/null || ip -o -4 addr show 2>/dev/null | awk '{split($4,a,"/"); print a[1]}'; } | tr ' ' '\n' | grep -v '^$'
+echo "==addresses"; { hostname -I 2>/dev/null \
+  || { command -v ip >/dev/null && ip -o -4 addr show | awk '{split($4,a,"/"); print a[1]}'; } \
+  || ifconfig 2>/dev/null | awk '$1 == "inet" { print $2 }'; } | tr ' ' '\n' | grep -v '^$'
+echo "==os"; uname -s
 echo "==cores"; nproc 2>/dev/null || getconf _NPROCESSORS_ONLN
+echo "==apple"; [ "$(uname -s)" = Darwin ] && sysctl -n machdep.cpu.brand_string hw.memsize 2>/dev/null
 echo "==meminfo"; grep MemTotal /proc/meminfo
 echo "==disk"; df -Pk . 2>/dev/null | tail -1
 echo "==docker"; docker version --format '{{.Server.Version}}' 2>/dev/null

@@ -40,6 +40,7 @@ class HostReport:
     render_gid: int | None = None
     nvidia_driver: str | None = None
     rocm_version: str | None = None
+    os: str = "linux"
     devices: list[GpuInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -48,7 +49,7 @@ class HostReport:
                 "addresses": self.addresses, "cpu_cores": self.cpu_cores, "ram_mib": self.ram_mib,
                 "disk_free_mib": self.disk_free_mib, "docker": self.docker, "kfd": self.kfd, "amd_cdi": self.amd_cdi,
                 "video_gid": self.video_gid, "render_gid": self.render_gid,
-                "nvidia_driver": self.nvidia_driver, "rocm_version": self.rocm_version,
+                "nvidia_driver": self.nvidia_driver, "rocm_version": self.rocm_version, "os": self.os,
                 "devices": [d.to_json() for d in self.devices], "notes": self.notes}
 
 
@@ -110,6 +111,10 @@ def parse_report(target: InspectTarget, text: str) -> HostReport:
     rep.cpu_cores = _first_int(s.get("cores", ""))
     kib = _first_int(s.get("meminfo", ""))
     rep.ram_mib = kib // 1024 if kib else None
+    rep.os = {"Darwin": "macos", "Linux": "linux"}.get((s.get("os") or "").strip(), "linux")
+    apple = (s.get("apple") or "").split()
+    if rep.ram_mib is None and apple and apple[-1].isdigit():  # macOS has no /proc/meminfo
+        rep.ram_mib = int(apple[-1]) // 1048576
     disk = (s.get("disk") or "").split()
     rep.disk_free_mib = int(disk[3]) // 1024 if len(disk) > 3 and disk[3].isdigit() else None
     version = (s.get("docker") or "").strip()
@@ -187,6 +192,8 @@ def merge(raw: dict, reports: list[HostReport]) -> dict:
                 host["amd_cdi"] = True
         if rep.ram_mib:
             host["ram_gb"] = round(rep.ram_mib / 1024, 1)
+        if rep.os == "macos":  # Docker on a Mac cannot reach its GPU: a native worker
+            host.update(os="macos", runtime="native")
         for key in ("nvidia_driver", "rocm_version"):  # they pick the toolkit release of the host's image
             if getattr(rep, key):
                 host[key] = getattr(rep, key)

@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..errors import RenderError
-from .base import ImageSpec, NativeBuild, Vendor
+from .base import GpuInfo, ImageSpec, NativeBuild, Vendor
 
 if TYPE_CHECKING:
     from ..inventory.config import Device, Host
@@ -43,6 +43,17 @@ class Metal(Vendor):
 
     def native_build(self, host: Host, devices: list[Device]) -> NativeBuild:
         return NativeBuild(("llama-{ref}-bin-macos-arm64.tar.gz",), "-DGGML_METAL=ON")
+
+    def detect(self, sections: dict[str, str], notes: list[str]) -> list[GpuInfo]:
+        """A Mac's GPU from sysctl: the chip, and what Metal may wire of the unified memory
+        (macOS's default working-set limit: about three quarters of RAM)."""
+        lines = (sections.get("apple") or "").split("\n")
+        if len(lines) < 2 or not lines[0].startswith("Apple M") or not lines[1].strip().isdigit():
+            return []
+        ram = int(lines[1].strip())
+        notes.append("Apple GPU: vram_gb is 75 % of RAM (macOS's default Metal limit); the host needs "
+                     "runtime: native and os: macos")
+        return [GpuInfo(self.name, lines[0].removeprefix("Apple ").strip()[:40], None, int(ram * 0.75) // 1048576, 0)]
 
     def image(self, host: Host, devices: list[Device]) -> ImageSpec:
         raise RenderError(f"{host.name} has Metal devices, which no container can reach",
