@@ -14,6 +14,7 @@ import typer
 
 from . import present
 from .errors import HydraError
+from .runtime.signals import sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Turn mixed GPU and CPU machines into one OpenAI-compatible llama.cpp endpoint.")
@@ -211,7 +212,13 @@ def _optional_project():  # noqa: ANN202
 def _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout):  # noqa: ANN001, ANN202
     from .commands import bench as cmd
 
-    project = _optional_project() if url is None or model is None else None
+    # the project also says whether --url is the cluster's own master (the only place its key may go)
+    try:
+        project = _optional_project()
+    except HydraError:
+        if url is None or model is None:
+            raise
+        project = None  # a broken cluster.yaml next door does not stop a benchmark of another server
     return cmd.options(project, url, model, runs=runs, max_tokens=max_tokens, prompt_tokens=prompt_tokens,
                        concurrency=concurrency, timeout_s=timeout)
 
@@ -239,7 +246,8 @@ def bench(ctx: typer.Context, url: Optional[str] = _URL, model: Optional[str] = 
 
 
 @bench_app.command("power-sweep")
-def power_sweep(gpu: list[str] = typer.Option(..., "--gpu", help="HOST:INDEX (a cluster.yaml host or local); repeatable."),
+def power_sweep(gpu: list[str] = typer.Option(..., "--gpu", help="HOST:INDEX, HOST:VENDOR:INDEX or HOST:BUS_ID "
+                                               "(a cluster.yaml host or local); repeatable."),
                 limits: str = typer.Option(..., "--limits", help="Comma-separated watts, e.g. 160,190,225."),
                 out: Path = typer.Option(..., "--out", help="Directory for CSV, JSON, Markdown and PNG plots."),
                 settle: float = typer.Option(3.0, "--settle", min=0, help="Seconds to wait after setting a limit."),
@@ -248,18 +256,16 @@ def power_sweep(gpu: list[str] = typer.Option(..., "--gpu", help="HOST:INDEX (a 
                 timeout: float = _TIMEOUT) -> None:
     """Benchmark at each power limit; the original limits are always restored."""
     from .commands import bench as cmd
-    from .errors import UsageError
+    from .runtime.power import SweepState
 
-    try:
-        watts = [float(x) for x in limits.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--limits {limits} is not a list of watts", "write it like 160,190,225") from None
+    watts = cmd.parse_limits(limits)
     opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout)
     gpus = cmd.gpus_for(_optional_project(), gpu)
+    state = SweepState()
     try:
-        rows = cmd.power_sweep(gpus, watts, opts, settle, on_step=present.line)
+        rows = cmd.power_sweep(gpus, watts, opts, settle, on_step=present.line, state=state)
     except KeyboardInterrupt:
-        present.error(HydraError("interrupted — the original power limits were restored"))
+        present.error(cmd.interrupted(state))
         raise typer.Exit(130) from None
     paths = cmd.write_sweep(rows, out)
     present.sweep(paths, (out / "sweep.md").read_text())
@@ -268,11 +274,16 @@ def power_sweep(gpu: list[str] = typer.Option(..., "--gpu", help="HOST:INDEX (a 
 def cli() -> None:
     # Typer's standalone mode prints usage errors itself (exit 2); our own error
     # family is caught here, once, and printed as one line.
+    sigterm_as_interrupt()  # SIGTERM cleans up like Ctrl-C (Click then prints "Aborted!")
     try:
         app()
     except HydraError as exc:
         present.error(exc)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the last net: a file-system failure no command anticipated is still one line
+        present.error(HydraError(f"{exc.filename or 'a file'}: {exc.strerror or exc}",
+                                 "check the path, its permissions and free space"))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,23 @@ from typing import Callable, Iterator
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 
 
+_SECRETS: set[str] = set()
+
+
+def redact(secret: str) -> None:
+    """Never print this (an API key): every line through shown() replaces it."""
+    if len(secret) >= 8:
+        _SECRETS.add(secret)
+
+
 def shown(text: object) -> str:
-    """Foreign text as one safe line: control characters, ESC sequences and bidi marks escaped."""
+    """Foreign text as one safe line: control characters, ESC sequences and bidi marks escaped,
+    secrets replaced."""
+    out = str(text)
+    for secret in _SECRETS:
+        out = out.replace(secret, "<api key>")
     return _UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}",
-                       str(text)).replace("\n", "\\n").replace("\r", "\\r").replace("\t", " ")
+                       out).replace("\n", "\\n").replace("\r", "\\r").replace("\t", " ")
 
 
 def console():  # noqa: ANN201 - rich is imported lazily (--help stays fast)
@@ -54,7 +67,10 @@ def mib(n: int) -> str:
 
 
 def print_json(data: object) -> None:
-    print(json.dumps(data, indent=2))
+    text = json.dumps(data, indent=2)  # JSON escapes control characters itself
+    for secret in _SECRETS:
+        text = text.replace(secret, "<api key>")
+    print(text)
 
 
 def error(exc: Exception) -> None:
@@ -62,7 +78,7 @@ def error(exc: Exception) -> None:
 
 
 def line(text: str) -> None:
-    console().print(text, markup=False)
+    console().print(shown(text), markup=False)
 
 
 # init, models ------------------------------------------------------------------------------

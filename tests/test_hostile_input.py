@@ -443,7 +443,7 @@ BENCH_CASES = {
     "stream has one token": ({"/v1/chat/completions": (200, b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n')},
                              "too few"),
     "server error": ({"/v1/chat/completions": (500, b'{"error": "boom"}')}, "answered 500"),
-    "models not json": ({"/v1/models": (200, b"nope")}, "did not list a model"),
+    "models not json": ({"/v1/models": (200, b"nope")}, "is not JSON"),
     "models empty": ({"/v1/models": (200, b'{"data": []}')}, "did not list a model"),
     "models id not text": ({"/v1/models": (200, b'{"data": [{"id": 5}]}')}, "did not list a model"),
     "models unauthorized": ({"/v1/models": (401, b"{}")}, "answered 401"),

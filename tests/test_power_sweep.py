@@ -58,7 +58,7 @@ def test_sweep_writes_table_and_plots_and_restores(gpu_state, tmp_path):
     assert rows[0]["avg_power_w"] == pytest.approx(147.0) and rows[0]["max_temp_c"] == 60
     for name in ("sweep.csv", "sweep.md", "tokps_vs_power_limit.png", "tokps_per_watt_vs_power_limit.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
-    assert "| local:0 | 200 W |" in (tmp_path / "out" / "sweep.md").read_text()
+    assert "| local:nvidia:0 | 200 W |" in (tmp_path / "out" / "sweep.md").read_text()
 
 
 def test_restores_after_error_in_a_run(gpu_state, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,13 @@ class Project:
     def model_file(self, relative: str) -> Path:
         """A file named in cluster.yaml, which must stay inside models/ (links included)."""
         path = self.models_dir / relative
-        if not path.exists():
-            raise ModelError(f"model file {path} not found", f"put the GGUF into {self.models_dir}/")
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise ModelError(f"model file {path} not found", f"put the GGUF into {self.models_dir}/") from None
+        except OSError as exc:  # unsearchable models/, a link loop
+            raise ModelError(f"model file {path} cannot be reached: {exc.strerror}",
+                             "check models/ and its permissions; replace links that lead nowhere") from None
         if self.models_dir.resolve() not in path.resolve().parents:
             # models/ is mounted read-only into the master: a link out of it would be broken there
             raise ModelError(f"{relative} is a link to a file outside {self.models_dir}",
@@ -61,7 +67,7 @@ class Project:
         return path
 
     def model_facts(self, entry: ModelEntry) -> ModelFacts:
-        return read_model(self.model_file(entry.file))
+        return read_model(self.model_file(entry.file), root=self.models_dir)
 
     def projector_facts(self, entry: ModelEntry) -> ProjectorFacts | None:
         return read_projector(self.model_file(entry.mmproj)) if entry.mmproj else None

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, UsageError
-from ..inventory.config import parse_config
+from ..inventory.config import parse_config, read_config_data, read_config_text
 from ..inventory.discovery import HostReport, InspectTarget, merge
 from ..runtime.probe import inspect
 
@@ -25,9 +25,10 @@ def targets_for(args: list[str], config_path: Path) -> list[InspectTarget]:
     if not args:
         return [InspectTarget("local", None)]
     hosts = {}
-    if config_path.exists():
-        raw = yaml.safe_load(config_path.read_text()) or {}
-        hosts = {h.get("name"): h for h in raw.get("hosts") or [] if isinstance(h, dict)}
+    if config_path.exists() or config_path.is_symlink():
+        raw = read_config_data(config_path)
+        listed = raw.get("hosts")
+        hosts = {h.get("name"): h for h in (listed if isinstance(listed, list) else []) if isinstance(h, dict)}
     out = []
     for a in args:
         if a == "local":
@@ -46,20 +47,31 @@ def targets_for(args: list[str], config_path: Path) -> list[InspectTarget]:
 
 
 def run(args: list[str], config_path: Path, write: bool, timeout_s: float) -> InspectResult:
+    # an existing cluster.yaml that cannot be read is refused before anything is probed or written
+    existing = config_path.exists() or config_path.is_symlink()
+    before = read_config_text(config_path) if write and existing else ""
+    raw = read_config_data(config_path) if write and existing else {}
     targets = targets_for(args, config_path)
     reports, errors = inspect(targets, timeout_s)
     diff = None
     if write and reports:
-        before = config_path.read_text() if config_path.exists() else ""
-        raw = yaml.safe_load(before) or {} if before else {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{config_path}: expected a mapping", "fix cluster.yaml or move it away")
         after = yaml.safe_dump(merge(raw, reports), sort_keys=False, default_flow_style=None, width=120)
         parse_config(after, str(config_path))  # never write an inventory that plan would reject
         diff = "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
                                             str(config_path), str(config_path)))
         if diff:
-            tmp = config_path.with_suffix(".yaml.tmp")
-            tmp.write_text(after)
-            os.replace(tmp, config_path)
+            write_atomically(config_path, after)
     return InspectResult(tuple(reports), tuple(errors), diff)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace path with text: a temporary file beside it, then one rename (never half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if tmp.is_symlink() or (tmp.exists() and not tmp.is_file()):
+            raise ConfigError(f"{tmp} is in the way", f"remove {tmp}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror}", "check the folder's permissions and free space") from None

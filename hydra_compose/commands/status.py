@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass
 import httpx
 
 from ..inventory.topology import master_url, rpc_workers
+from ..errors import BenchError
 from ..runtime.benchmark import auth_headers, model_id
+from ..runtime.http import MAX_METRICS, get, parse_json
+from ..vendors.base import number
 from ..runtime.rpc_hello import hello
 from ..runtime.stacks import compose_services, containers, image_ref, running_refs, stacks
 from .context import Project
@@ -151,31 +154,36 @@ def run(project: Project, api_key: str | None) -> StatusResult:
 
 
 def master_answers(url: str, headers: dict) -> dict:
-    """Health, model, slots and speed as the master reports them; whatever it answers, never a crash."""
+    """Health, model, slots and speed as the master reports them; whatever it answers (slowly,
+    hugely, garbled), never a crash: every request is bounded in time and size."""
     out: dict = {"healthy": False}
     try:
-        with httpx.Client(base_url=url, headers=headers, timeout=3) as client:
-            out["healthy"] = client.get("/health").status_code == 200
+        with httpx.Client(base_url=url, headers=headers) as client:
+            status, _ = get(client, "/health", 3, 64 * 1024)
+            out["healthy"] = status == 200
             if not out["healthy"]:
                 return out
-            try:
-                out["model"] = model_id(client.get("/v1/models").json())
-            except ValueError:
-                out["model"] = None
-            try:
-                slots = client.get("/slots", timeout=4).json()
-                if isinstance(slots, list):
-                    out["slots"] = len(slots)
-                    out["slots_processing"] = sum(1 for x in slots if isinstance(x, dict) and x.get("is_processing"))
-            except ValueError:
-                out["slots"] = None
-            metrics = client.get("/metrics", timeout=4)
-            hit = re.search(r"^llamacpp:predicted_tokens_seconds ([0-9.eE+-]+)$", metrics.text, re.M)
-            if hit:
-                try:
-                    out["predicted_tokens_per_s"] = round(float(hit[1]), 2)
-                except ValueError:
-                    pass
-    except httpx.HTTPError:
+            out["model"] = _json_or_none(client, "/v1/models", model_id)
+            slots = _json_or_none(client, "/slots", lambda x: x if isinstance(x, list) else None)
+            if slots is not None:
+                out["slots"] = len(slots)
+                out["slots_processing"] = sum(1 for x in slots if isinstance(x, dict) and x.get("is_processing") is True)
+            status, metrics = get(client, "/metrics", 4, MAX_METRICS)
+            hit = re.search(rb"^llamacpp:predicted_tokens_seconds ([0-9.eE+-]{1,30})$", metrics, re.M)
+            if status == 200 and hit:
+                value = number(hit[1].decode())
+                if value is not None and 0 <= value < 1e9:
+                    out["predicted_tokens_per_s"] = round(value, 2)
+    except (httpx.HTTPError, BenchError):
         pass
     return out
+
+
+def _json_or_none(client: httpx.Client, path: str, pick):  # noqa: ANN001, ANN202
+    status, body = get(client, path, 4)
+    if status != 200:
+        return None
+    try:
+        return pick(parse_json(body, path))
+    except BenchError:
+        return None

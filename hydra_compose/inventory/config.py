@@ -330,7 +330,8 @@ def parse_config(text: str, source: str = DEFAULT_CONFIG) -> ClusterConfig:
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def load_config(path: Path) -> ClusterConfig:
+def read_config_text(path: Path) -> str:
+    """cluster.yaml's text: a regular file, under 1 MiB, UTF-8 (else one line saying which)."""
     try:
         if not path.exists():
             raise ConfigError(f"{path} not found", "run `hydra-compose init` or pass -c PATH")
@@ -343,4 +344,26 @@ def load_config(path: Path) -> ClusterConfig:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})", "save cluster.yaml as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path} cannot be read: {exc.strerror}", "check the path and its permissions") from None
-    return parse_config(text, str(path))
+    return text
+
+
+def read_config_data(path: Path) -> dict:
+    """cluster.yaml as plain data (inspect --write merges into it): valid YAML, a mapping, no duplicate keys."""
+    text = read_config_text(path)
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}{f' line {mark.line + 1}' if mark else ''}: "
+                          f"{getattr(exc, 'problem', None) or 'invalid YAML'}", "fix the YAML there first") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply", "fix cluster.yaml first") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping", "fix cluster.yaml or move it away")
+    return data
+
+
+def load_config(path: Path) -> ClusterConfig:
+    return parse_config(read_config_text(path), str(path))

@@ -53,17 +53,24 @@ class HostReport:
                 "devices": [d.to_json() for d in self.devices], "notes": self.notes}
 
 
+MAX_SECTION = 4 << 20  # one tool's output; rocminfo of an 8-GPU box is ~100 KB
+
+
 def sections(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
+    """The probe's "==name" blocks; a block larger than MAX_SECTION is dropped (a note says so)."""
+    out: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
     name = None
     for line in text.splitlines():
-        m = re.fullmatch(r"==(\w+)", line)
+        m = re.fullmatch(r"==(\w{1,40})", line)
         if m:
             name = m[1]
-            out[name] = ""
+            out[name], sizes[name] = [], 0
         elif name:
-            out[name] += line + "\n"
-    return out
+            sizes[name] += len(line) + 1
+            if sizes[name] <= MAX_SECTION:
+                out[name].append(line)
+    return {k: "\n".join(v) + "\n" if sizes[k] <= MAX_SECTION else "" for k, v in out.items()}
 
 
 def _first_int(text: str) -> int | None:
@@ -130,7 +137,12 @@ def parse_report(target: InspectTarget, text: str) -> HostReport:
                 rep.render_gid = int(parts[2])
     rep.nvidia_driver = _version(s.get("nvidia_driver"))
     rep.rocm_version = _version(s.get("rocm_version"))
-    found = [gpu for record in vendors.ALL for gpu in record.detect(s, rep.notes)]
+    found = []
+    for gpu in (gpu for record in vendors.ALL for gpu in record.detect(s, rep.notes)):
+        if 0 <= gpu.index <= 255:
+            found.append(gpu)
+        else:  # another machine's tool said so: never trusted as is
+            rep.notes.append(f"a {gpu.vendor} GPU reported index {gpu.index}: skipped")
     # each GPU's /dev/dri node, matched by PCI bus id: index order says nothing next to another card
     nodes = {bus_key(c["bus"]): c["render"] for c in sysfs_cards(s) if c.get("bus") and c.get("render")}
     rep.devices = [replace(g, render_node=g.render_node or nodes.get(bus_key(g.bus_id or ""))) for g in found]
@@ -173,6 +185,15 @@ def _device(gpu: GpuInfo) -> dict:
 
 def merge(raw: dict, reports: list[HostReport]) -> dict:
     """cluster.yaml's data with what inspect found: detected fields refreshed, the user's kept."""
+    from ..errors import ConfigError
+
+    listed = raw.get("hosts") or []
+    if not isinstance(listed, list) or not all(isinstance(h, dict) and isinstance(h.get("devices") or [], list)
+                                                for h in listed):
+        raise ConfigError("cluster.yaml: hosts must be a list of hosts, each with a list of devices",
+                          "fix cluster.yaml first (see examples/), then run inspect --write again")
+    if not all(isinstance(dev, dict) for h in listed for dev in h.get("devices") or []):
+        raise ConfigError("cluster.yaml: every device must be a mapping", "fix cluster.yaml first")
     raw = dict(raw)
     hosts = [dict(h) for h in raw.get("hosts") or []]
     for rep in reports:

@@ -6,6 +6,7 @@ Only headers are read (the tensor data is memory-mapped, never touched), so a
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ _LAYER = re.compile(r"^blk\.(\d+)\.")
 # Non-repeating tensors llama.cpp puts with the output layer (on the last device).
 _OUTPUT_TENSORS = {"output.weight", "output.bias", "output_norm.weight", "output_norm.bias", "token_embd_norm.weight"}
 _SCALAR = {k: np.dtype(v) for k, v in gguf.GGUFReader.gguf_scalar_to_np.items()}
+# What a header may claim before it is refused as corrupt or hostile (real models: a few hundred
+# KV pairs, a few thousand tensors, vocabularies under 300k, strings under a few hundred KB).
+MAX_KV = 1 << 16
+MAX_TENSORS = 1 << 20
+MAX_ARRAY = 1 << 22
+MAX_STRING = 16 << 20
+MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
 class HeaderReader(gguf.GGUFReader):
@@ -39,6 +47,30 @@ class HeaderReader(gguf.GGUFReader):
         self.string_array_lengths: dict[int, int] = {}
         super().__init__(path)
 
+    # Every read is checked against the file's end and every count against a bound, so a header
+    # that claims more than it holds ends as "corrupt", never as a huge loop or allocation.
+    def _get(self, offset, dtype, count=1, override_order=None):  # noqa: ANN001, ANN202 - gguf's signature
+        count = int(count)
+        if count < 0 or offset + np.dtype(dtype).itemsize * count > len(self.data):
+            raise ValueError("the header runs past the end of the file")
+        return super()._get(offset, dtype, count, override_order)
+
+    def _get_str(self, offset):  # noqa: ANN001, ANN202
+        (slen,) = struct.unpack_from("<Q", self.data, offset) if offset + 8 <= len(self.data) else (MAX_STRING + 1,)
+        if slen > MAX_STRING:
+            raise ValueError(f"a string of {slen} bytes")
+        return super()._get_str(offset)
+
+    def _build_fields(self, offs, count):  # noqa: ANN001, ANN202
+        if int(count) > MAX_KV:
+            raise ValueError(f"{int(count)} header keys")
+        return super()._build_fields(offs, count)
+
+    def _build_tensor_info(self, offs, count):  # noqa: ANN001, ANN202
+        if int(count) > MAX_TENSORS:
+            raise ValueError(f"{int(count)} tensors")
+        return super()._build_tensor_info(offs, count)
+
     def _get_field_parts(self, orig_offs, raw_type):  # noqa: ANN001, ANN202 - gguf's signature
         if GGUFValueType(raw_type) != GGUFValueType.ARRAY:
             return super()._get_field_parts(orig_offs, raw_type)
@@ -47,13 +79,19 @@ class HeaderReader(gguf.GGUFReader):
         offs = orig_offs + 12
         itype = GGUFValueType(raw_itype[0])
         count = int(alen[0])
+        if count > MAX_ARRAY:
+            raise ValueError(f"an array of {count} entries")
         if itype in _SCALAR:
             values = self._get(offs, _SCALAR[itype], count)
             return 12 + int(values.nbytes), [raw_itype, alen, values], [2], [GGUFValueType.ARRAY, itype]
         if itype == GGUFValueType.STRING:
-            buf = self.data
+            buf, end = self.data, len(self.data)
             for _ in range(count):
+                if offs + 8 > end:
+                    raise ValueError("the header runs past the end of the file")
                 (slen,) = struct.unpack_from("<Q", buf, offs)
+                if slen > MAX_STRING:
+                    raise ValueError(f"a string of {slen} bytes")
                 offs += 8 + slen
             self.string_array_lengths[orig_offs] = count
             return offs - orig_offs, [raw_itype, alen], [], [GGUFValueType.ARRAY, itype]
@@ -66,8 +104,13 @@ class HeaderReader(gguf.GGUFReader):
         end = start_offs
         for field in fields:
             _, _, _, dims, raw_dtype, offset = field.parts
+            if len(dims) > MAX_DIMS:
+                raise ValueError(f"a tensor of {len(dims)} dimensions")
             block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(raw_dtype[0])]
-            end = max(end, start_offs + int(offset[0]) + int(np.prod(dims)) * size // block)
+            elements = 1
+            for n in dims:  # Python ints: numpy's product of uint64 would wrap around silently
+                elements *= int(n)
+            end = max(end, start_offs + int(offset[0]) + elements * size // block)
         if end > len(self.data):
             raise TruncatedError(len(self.data), end)
         super()._build_tensors(start_offs, fields)
@@ -176,18 +219,46 @@ def cache_type_bytes(cache_type: str) -> float:
     return size / block
 
 
-def part_paths(path: Path) -> tuple[Path, ...]:
-    """All files of a split model given any of them (or the single file)."""
+def part_paths(path: Path, root: Path | None = None) -> tuple[Path, ...]:
+    """All files of a split model given any of them (or the single file): all present, distinct
+    files, and (root given) inside root after following links — models/ is what the master mounts."""
     m = _PART.match(path.name)
-    if not m:
-        return (path,)
-    count = int(m["count"])
-    parts = tuple(path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1))
+    count = int(m["count"]) if m else 1
+    if m and not 1 <= count <= 1024:
+        raise ModelError(f"{path.name}: a split model of {count} parts", "rename the file: it is not a split GGUF")
+    parts = tuple(path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)) \
+        if m else (path,)
     missing = [p.name for p in parts if not p.exists()]
     if missing:
         raise ModelError(f"{path.name}: part {missing[0]} of the split model is missing",
                          f"put all {count} parts into {path.parent}")
+    try:
+        resolved = [p.resolve(strict=True) for p in parts]
+    except (OSError, RuntimeError):  # a symlink loop
+        raise ModelError(f"{path.name}: a part is a link that leads nowhere (a loop?)", "replace the links with the files") from None
+    if len(set(resolved)) != len(resolved):
+        raise ModelError(f"{path.name}: two parts of the split model are the same file (links)",
+                         "put the real parts into models/")
+    if root is not None:
+        outside = [p.name for p, r in zip(parts, resolved) if root.resolve() not in r.parents]
+        if outside:
+            raise ModelError(f"{outside[0]} is a link to a file outside {root}",
+                             "copy or hard-link the file into models/ (the master mounts only models/)")
     return parts
+
+
+def _check_parts(parts: tuple[Path, ...], readers: list[HeaderReader], arch: str) -> None:
+    """Parts that belong together: the same architecture, and split.no/split.count as their names say."""
+    if len(parts) == 1:
+        return
+    for i, (p, r) in enumerate(zip(parts, readers)):
+        count, no = _field(r, "split.count"), _field(r, "split.no")
+        part_arch = _field(r, "general.architecture") if i == 0 else None
+        if count != len(parts) or no != i or (part_arch is not None and part_arch != arch):
+            raise ModelError(f"{p.name} is not part {i + 1} of {len(parts)} of the same model "
+                             f"(its header says part {no if isinstance(no, int) else '?'} of "
+                             f"{count if isinstance(count, int) else '?'})",
+                             "download the parts again, all from the same release")
 
 
 def _open(path: Path) -> HeaderReader:
@@ -225,10 +296,11 @@ def _field(reader: HeaderReader, key: str, default=None):  # noqa: ANN001, ANN20
 
 # Plausible ranges of the header values the planner multiplies: anything outside is a
 # corrupt or hostile file, refused with one line instead of a MemoryError later.
-_LIMITS = {"block_count": (1, 4096), "embedding_length": (1, 1 << 20), "attention.head_count": (0, 4096),
+# llama.cpp's own limits where it has them (LLAMA_MAX_LAYERS 512, LLAMA_MAX_EXPERTS 1024).
+_LIMITS = {"block_count": (1, 512), "embedding_length": (1, 1 << 20), "attention.head_count": (0, 4096),
            "attention.head_count_kv": (0, 4096), "attention.key_length": (1, 1 << 16),
            "attention.value_length": (1, 1 << 16), "feed_forward_length": (0, 1 << 22),
-           "context_length": (1, 1 << 26), "expert_count": (0, 4096), "expert_used_count": (0, 4096),
+           "context_length": (1, 1 << 26), "expert_count": (0, 1024), "expert_used_count": (0, 1024),
            "expert_feed_forward_length": (0, 1 << 22), "attention.sliding_window": (0, 1 << 26),
            "nextn_predict_layers": (0, 64), "attention.key_length_mla": (1, 1 << 16)}
 
@@ -253,6 +325,17 @@ class _Header:
             raise self._bad(key, f"is {v}, outside {lo}..{hi}")
         return v
 
+    def checked(self, key: str, default: object = None) -> object:
+        """raw(), with every whole number (alone or in an array) range-checked: what arch rules read."""
+        v = self.raw(key, default)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return self._check(key, v)
+        if isinstance(v, list):
+            for x in v:
+                if isinstance(x, int) and not isinstance(x, bool):
+                    self._check(key, x)
+        return v
+
     def int(self, key: str, default: int | None = None) -> int:
         v = self.raw(key, default)
         if v is None:
@@ -268,14 +351,16 @@ class _Header:
         return (self._check(key, v),) * n_layer
 
 
-def read_model(path: Path, first: HeaderReader | None = None) -> ModelFacts:
-    """Facts of the model at path (any part of a split model); first: its already opened header."""
-    parts = part_paths(path)
+def read_model(path: Path, first: HeaderReader | None = None, root: Path | None = None) -> ModelFacts:
+    """Facts of the model at path (any part of a split model); first: its already opened header;
+    root: the models/ folder every part must be in."""
+    parts = part_paths(path, root)
     readers = [first if first is not None and i == 0 else _open(p) for i, p in enumerate(parts)]
     head = readers[0]
     arch = _field(head, "general.architecture")
     if not isinstance(arch, str) or not arch:
         raise ModelError(f"{path.name} has no general.architecture", "this is not a model GGUF (LoRA or mmproj?)")
+    _check_parts(parts, readers, arch)
     if arch == "clip":
         raise ModelError(f"{path.name} is a vision projector (mmproj), not a model",
                          "name it under the model's mmproj: key in cluster.yaml")
@@ -296,10 +381,12 @@ def read_model(path: Path, first: HeaderReader | None = None) -> ModelFacts:
     n_expert, n_expert_used = h.int("expert_count", 0), h.int("expert_used_count", 0)
     if n_expert_used > n_expert:
         raise h._bad("expert_used_count", f"is {n_expert_used}, more than the {n_expert} experts")
+    if n_expert and not n_expert_used:
+        raise h._bad("expert_used_count", f"is 0 for {n_expert} experts (llama.cpp refuses it)")
     n_ff_exp = h.int("expert_feed_forward_length", 0)
-    kinds = arch_rules.layer_kinds(arch, n_layer, n_head_kv, n_ffs, h.raw)
-    conv, ssm = arch_rules.state_elems(arch, n_embd, h.raw)
-    if any(kinds.recurrent) and conv + ssm > 1 << 30:
+    kinds = arch_rules.layer_kinds(arch, n_layer, n_head_kv, n_ffs, h.checked)
+    conv, ssm = arch_rules.state_elems(arch, n_embd, h.checked)
+    if any(kinds.recurrent) and not 0 < conv + ssm <= 1 << 30:
         raise ModelError(f"{path.name}: recurrent state of {conv + ssm} elements per layer",
                          "the file is corrupt: convert it again")
 
@@ -356,10 +443,15 @@ def read_model(path: Path, first: HeaderReader | None = None) -> ModelFacts:
 
 def list_models(models_dir: Path) -> list[ModelFacts]:
     """Every model in models_dir; a split model counts once (its first part), projectors are skipped."""
-    if not models_dir.is_dir():
-        return []
+    try:
+        if not models_dir.is_dir():
+            return []
+        names = sorted(models_dir.glob("*.gguf"))
+        os.listdir(models_dir)  # glob hides an unreadable folder; listing says so
+    except OSError as exc:
+        raise ModelError(f"{models_dir} cannot be read: {exc.strerror}", "check the folder's permissions") from None
     out = []
-    for p in sorted(models_dir.glob("*.gguf")):
+    for p in names:
         m = _PART.match(p.name)
         if m and int(m["idx"]) != 1:
             continue
@@ -368,7 +460,7 @@ def list_models(models_dir: Path) -> list[ModelFacts]:
         reader = _open(p)
         if _field(reader, "general.architecture") == "clip":
             continue
-        out.append(read_model(p, reader))
+        out.append(read_model(p, reader, root=models_dir))
     return out
 
 

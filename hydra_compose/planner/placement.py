@@ -31,6 +31,22 @@ class Slot:
 Ranges = list[tuple[int, int]]
 
 
+@dataclass(frozen=True)
+class Extras:
+    """Bytes placed beside the layers, which the fit must count: on given slots (a draft model, a
+    projector on a local GPU), and on whichever device ends up first (a projector without local GPUs:
+    llama-server puts it on the first device it registers)."""
+
+    fixed: tuple[tuple[int, int], ...] = ()  # (slot index, bytes)
+    first: int = 0
+
+    def on(self, index: int, first: bool) -> int:
+        return sum(b for i, b in self.fixed if i == index) + (self.first if first else 0)
+
+
+NO_EXTRAS = Extras()
+
+
 def copies_for(n_used: int, overrides: bool) -> int:
     """llama.cpp turns pipeline parallelism on for several devices, unless tensors are overridden."""
     return PIPELINE_COPIES if n_used > 1 and not overrides else 1
@@ -41,7 +57,7 @@ def _time(slot: Slot, mem: DeviceMemory, a: int, b: int) -> float:
 
 
 def search(slots: list[Slot], mem: DeviceMemory, n_used_min: int, n_used_max: int, objective: str,
-           overrides: bool, every_slot: bool = False) -> tuple[float, Ranges] | None:
+           overrides: bool, every_slot: bool = False, extras: Extras = NO_EXTRAS) -> tuple[float, Ranges] | None:
     """Best contiguous ranges (one per slot, possibly empty) covering every item.
 
     objective "sum": total decode time; "max": the slowest device's time.
@@ -51,7 +67,7 @@ def search(slots: list[Slot], mem: DeviceMemory, n_used_min: int, n_used_max: in
     copies = copies_for(n_used_max, overrides)
     # state: (items covered, used count capped at 2: first device / more than one) -> (cost, ranges)
     states: dict[tuple[int, int], tuple[float, Ranges]] = {(0, 0): (0.0, [])}
-    for slot in slots:
+    for index, slot in enumerate(slots):
         nxt: dict[tuple[int, int], tuple[float, Ranges]] = {}
         for (a, used), (cost, ranges) in states.items():
             if not every_slot:
@@ -61,10 +77,11 @@ def search(slots: list[Slot], mem: DeviceMemory, n_used_min: int, n_used_max: in
             if used >= n_used_max:
                 continue
             first = used == 0
+            budget = slot.budget_bytes - extras.on(index, first)
             peak = 0
             for b in range(a + 1, n_items + 1):
                 peak = max(peak, mem.temp[b - 1])
-                if mem.total(a, b, first, copies, peak) > slot.budget_bytes:
+                if mem.total(a, b, first, copies, peak) > budget:
                     break
                 t = _time(slot, mem, a, b)
                 new_cost = cost + t if objective == "sum" else max(cost, t)
@@ -78,15 +95,16 @@ def search(slots: list[Slot], mem: DeviceMemory, n_used_min: int, n_used_max: in
     return min(done, key=lambda cr: cr[0]) if done else None
 
 
-def best(slots: list[Slot], mem: DeviceMemory, split: str, overrides: bool) -> tuple[float, Ranges] | None:
+def best(slots: list[Slot], mem: DeviceMemory, split: str, overrides: bool,
+         extras: Extras = NO_EXTRAS) -> tuple[float, Ranges] | None:
     """Best arrangement: on one device or on several (their pipeline copies priced); split
     "all" puts layers on every device, balancing the slowest one."""
     if split == "all":
-        if len(slots) == 1:
-            return search(slots, mem, 1, 1, "max", overrides, every_slot=True)
-        return search(slots, mem, len(slots), len(slots), "max", overrides, every_slot=True)
-    found = [r for r in (search(slots, mem, 1, 1, "sum", overrides),
-                         search(slots, mem, 2, len(slots), "sum", overrides) if len(slots) > 1 else None)
+        n = len(slots)
+        return search(slots, mem, n, n, "max", overrides, every_slot=True, extras=extras)
+    found = [r for r in (search(slots, mem, 1, 1, "sum", overrides, extras=extras),
+                         search(slots, mem, 2, len(slots), "sum", overrides, extras=extras) if len(slots) > 1
+                         else None)
              if r is not None]
     return min(found, key=lambda cr: cr[0]) if found else None
 

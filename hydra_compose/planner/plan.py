@@ -12,7 +12,7 @@ from ..inventory.config import GiB, ClusterConfig, ModelEntry
 from ..errors import PlanError
 from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts
 from .memory import F32, N_UBATCH, CacheOptions, DeviceMemory
-from .placement import Ranges, Slot, best, copies_for, predicted_token_s
+from .placement import NO_EXTRAS, Extras, Ranges, Slot, best, copies_for, predicted_token_s
 from .speed import HOST_RAM_GBS, RPC_FIXED_S, device_bandwidth_gbs, rpc_overhead_s
 from ..inventory.topology import local_gpus, rpc_workers
 
@@ -165,16 +165,24 @@ def device_slots(cfg: ClusterConfig, n_embd: int) -> list[Slot]:
 class _Problem:
     """One model on one cluster: prices ranges at a context, with a set of layers' experts on the host."""
 
-    def __init__(self, cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions) -> None:
+    def __init__(self, cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions,
+                 projector: ProjectorFacts | None = None) -> None:
         self.cfg, self.model, self.opts = cfg, model, opts
         self.slots = device_slots(cfg, model.n_embd)
         self.moe_layers = tuple(il for il, layer in enumerate(model.layers) if layer.expert_bytes)
+        self.extras = NO_EXTRAS
+        if projector is not None:
+            # llama-server loads the projector on the first GPU-type device it registers: the first
+            # local GPU when the master has one, else the first RPC device (the first used slot)
+            local = [i for i, s in enumerate(self.slots) if s.kind == "local"]
+            self.extras = (Extras(fixed=((local[0], projector.total_bytes),)) if local
+                           else Extras(first=projector.total_bytes))
 
     def memory(self, ctx: int, on_host: tuple[int, ...]) -> DeviceMemory:
         return DeviceMemory(self.model, self.opts.cache(ctx), frozenset(on_host))
 
     def arrange(self, ctx: int, on_host: tuple[int, ...]) -> tuple[float, Ranges] | None:
-        return best(self.slots, self.memory(ctx, on_host), self.opts.split, bool(on_host))
+        return best(self.slots, self.memory(ctx, on_host), self.opts.split, bool(on_host), self.extras)
 
     def largest_ctx(self, on_host: tuple[int, ...]) -> int | None:
         """Largest total context (tokens per slot a multiple of 256, at most n_ctx_train) that fits."""
@@ -242,7 +250,7 @@ def _shortfall(p: _Problem, ctx: int, on_host: tuple[int, ...]) -> tuple[Slot, i
     worst, over = slots[0], -1
     for i, s in enumerate(slots):
         a, b = bounds[i], bounds[i + 1]
-        need = mem.total(a, b, i == 0, copies, mem.peak(a, b))
+        need = mem.total(a, b, i == 0, copies, mem.peak(a, b)) + p.extras.on(i, i == 0)
         if need - s.budget_bytes > over:
             worst, over = s, need - s.budget_bytes
     return worst, max(over, 0)
@@ -250,7 +258,7 @@ def _shortfall(p: _Problem, ctx: int, on_host: tuple[int, ...]) -> tuple[Slot, i
 
 def make_plan(cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions,
               projector: ProjectorFacts | None = None) -> Plan:
-    p = _Problem(cfg, model, opts)
+    p = _Problem(cfg, model, opts, projector)
     _check(cfg, model, opts, p.slots)
     on_host = p.experts_for(opts.ctx)
     if opts.ctx is not None:
@@ -302,6 +310,11 @@ def _result(p: _Problem, ctx: int, ranges: Ranges, on_host: tuple[int, ...],
             weights_bytes=mem.weights(a, b), kv_bytes=mem.kv_bytes(a, b), state_bytes=mem.state_bytes(a, b),
             compute_bytes=mem.compute(a, b, i == used[0], copies, mem.peak(a, b))))
     devices = _with_projector(devices, projector)
+    for d in devices:  # the search counted everything placed beside the layers; this is the guarantee
+        if d.total_bytes > d.slot.budget_bytes:
+            raise PlanError(f"{d.slot.id} on {d.slot.host} would need {d.total_bytes // MiB} MiB of its "
+                            f"{d.slot.budget_bytes // MiB} MiB" + (" (with the projector)" if d.projector_bytes else ""),
+                            "use a smaller --ctx, fewer --parallel slots, or more devices")
     cache_ram = int(cfg.master.cache_ram_gb * 1024)
     host = _host_memory(p, mem, on_host, copies, cache_ram)
     warnings = _warnings(p, mem, ctx, left_out, on_host, host)
@@ -352,7 +365,7 @@ def _warnings(p: _Problem, mem: DeviceMemory, ctx: int, left_out: list[Slot], on
     model, opts = p.model, p.opts
     warnings = []
     if left_out and opts.split != "all":
-        everything = best(p.slots, mem, "all", bool(on_host)) if len(p.slots) <= model.n_layer + 1 else None
+        everything = best(p.slots, mem, "all", bool(on_host), p.extras) if len(p.slots) <= model.n_layer + 1 else None
         slower = ""
         if everything:
             t = MASTER_TOKEN_S + predicted_token_s(p.slots, mem, everything[1])

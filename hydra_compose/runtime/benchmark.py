@@ -19,6 +19,7 @@ from typing import Callable
 import httpx
 
 from ..errors import BenchError
+from .http import Deadline, error_text, get, lines, parse_json
 
 FILLER = "The quick brown fox jumps over the lazy dog while the river keeps flowing to the sea. "
 
@@ -85,24 +86,27 @@ def run_once(client: httpx.Client, opts: BenchOptions, stream_id: int = 0) -> Ru
     body = {"model": opts.model, "stream": True, "max_tokens": opts.max_tokens, "ignore_eos": True,
             "temperature": 0.7, "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": _prompt(opts.prompt_tokens)}]}
+    deadline = Deadline(opts.timeout_s)  # the whole generation, however slowly the server trickles
+    url = f"{opts.url}/v1/chat/completions"
     start = time.perf_counter()
     first = last = None
     chunks = 0
     timings: dict = {}
     usage: dict = {}
-    with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+    with client.stream("POST", "/v1/chat/completions", json=body, timeout=deadline.timeout()) as resp:
         if resp.status_code != 200:
-            resp.read()
-            raise BenchError(f"{opts.url} answered {resp.status_code}: {resp.text[:120]}",
-                             "check --url, --model and the API key")
-        for line in resp.iter_lines():
+            text = error_text(resp, deadline, url)
+            hint = ("the cluster's key is sent to its own master only; for another server set HYDRA_API_KEY"
+                    if resp.status_code == 401 else "check --url, --model and the API key")
+            raise BenchError(f"{opts.url} answered {resp.status_code}: {text[:120]}", hint)
+        for line in lines(resp, deadline, url):
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             data = _chunk(line[6:], opts.url)
             timings = data.get("timings") or timings
             usage = data.get("usage") or usage
             for choice in data.get("choices") or []:
-                if isinstance(choice, dict) and (choice.get("delta") or {}).get("content"):
+                if isinstance(choice, dict) and isinstance(choice.get("delta"), dict) and choice["delta"].get("content"):
                     now = time.perf_counter()
                     first = first or now
                     last = now
@@ -123,7 +127,7 @@ def _chunk(text: str, url: str) -> dict:
     """One streamed event: a JSON object with dict fields, or a one-line error."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BenchError(f"{url} streamed something that is not JSON: {text[:60]!r}",
                          "point --url at an OpenAI-compatible server (llama-server)") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k) or {}, dict) for k in ("timings", "usage")):
@@ -145,26 +149,32 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+MAX_MODELS = 1000  # what a /v1/models answer may list before we stop looking
+
+
 def model_id(payload: object) -> str | None:
     """The first model a /v1/models answer lists, if it is well formed."""
     data = payload.get("data") if isinstance(payload, dict) else None
     first = data[0] if isinstance(data, list) and data else None
     mid = first.get("id") if isinstance(first, dict) else None
-    return mid if isinstance(mid, str) and mid else None
+    return mid[:200] if isinstance(mid, str) and mid else None
 
 
 def served_model(url: str, api_key: str | None, timeout_s: float) -> str:
-    """The model a server answers to, from its /v1/models."""
+    """The model a server answers to, from its /v1/models (bounded: time, size, entries)."""
     try:
-        r = httpx.get(f"{url.rstrip('/')}/v1/models", headers=auth_headers(api_key), timeout=timeout_s)
+        with httpx.Client(base_url=url.rstrip("/"), headers=auth_headers(api_key)) as client:
+            status, body = get(client, "/v1/models", min(timeout_s, 60))
     except httpx.HTTPError:
         raise BenchError(f"cannot reach {url}", "start the cluster (hydra-compose up) or check --url") from None
-    if r.status_code != 200:
-        raise BenchError(f"{url}/v1/models answered {r.status_code}", "check --url and the API key, or pass --model")
-    try:
-        model = model_id(r.json())
-    except ValueError:
-        model = None
+    if status != 200:
+        hint = ("the cluster's key goes to its own master only; for another server set HYDRA_API_KEY"
+                if status == 401 else "check --url and the API key, or pass --model")
+        raise BenchError(f"{url}/v1/models answered {status}", hint)
+    payload = parse_json(body, f"{url}/v1/models")
+    if isinstance(payload, dict) and isinstance(payload.get("data"), list):
+        payload = {"data": payload["data"][:MAX_MODELS]}
+    model = model_id(payload)
     if model is None:
         raise BenchError(f"{url}/v1/models did not list a model", "pass --model NAME")
     return model
@@ -175,9 +185,14 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[int], None] | None = N
     results: list[RunResult] = []
     errors = 0
     lock = threading.Lock()
+    run_deadline = Deadline(opts.timeout_s * opts.runs + 30)  # the whole benchmark, not only each request
 
     def one(i: int) -> None:
         nonlocal errors
+        if run_deadline.left() <= 0:
+            with lock:
+                errors += 1
+            return
         with httpx.Client(base_url=opts.url, headers=headers, timeout=opts.timeout_s) as client:
             try:
                 r = run_once(client, opts, i % opts.concurrency)

@@ -8,17 +8,16 @@ checked against the card's min/max before anything is touched.
 
 from __future__ import annotations
 
-import signal
 import statistics
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..errors import PowerError
 from ..vendors.base import Limits, PowerControl, Sample
+from .signals import held
 
 
 @dataclass
@@ -71,22 +70,21 @@ class SweepRow:
     avg_sm_clock_mhz: float | None
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM takes the same path as Ctrl-C, so the finally block restores limits."""
+@dataclass
+class SweepState:
+    """What the caller may say after an interruption: whether every original limit is back (read back)."""
 
-    def handler(signum, frame):  # noqa: ANN001, ANN202
-        raise KeyboardInterrupt
+    restored: bool = False
+    failed: list[str] = field(default_factory=list)
+    originals: dict[str, Limits] = field(default_factory=dict)
 
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+
+def checked_limits(g: PowerControl, lim: Limits) -> Limits:
+    """A tool's limits must make sense before we act on them (or it reports nonsense)."""
+    if not (0 < lim.min_w <= lim.max_w <= 10000) or not lim.min_w - 1 <= lim.current_w <= lim.max_w + 1:
+        raise PowerError(f"{g.label}: the driver reports nonsense limits (current {lim.current_w:g} W, range "
+                         f"{lim.min_w:g}-{lim.max_w:g} W)", "check the GPU index and the driver")
+    return lim
 
 
 def restore(gpus: list[PowerControl], originals: dict[str, Limits]) -> list[str]:
@@ -105,10 +103,22 @@ def restore(gpus: list[PowerControl], originals: dict[str, Limits]) -> list[str]
     return failed
 
 
+def set_checked(g: PowerControl, watts: float) -> None:
+    """Sets a limit and reads it back: a tool that ignores it stops the sweep."""
+    g.set(watts)
+    now = checked_limits(g, g.read()).current_w
+    if abs(now - watts) > 1.0:
+        raise PowerError(f"{g.label}: asked for {watts:g} W, the driver reports {now:g} W",
+                         "this card or driver does not take power limits; the originals were restored")
+
+
 def sweep(gpus: list[PowerControl], limits: list[float], benchmark: Callable[[], float], settle_s: float = 3.0,
-          on_step: Callable[[str], None] | None = None) -> list[SweepRow]:
-    """Runs benchmark() at every limit on every GPU (all GPUs share the limit of a step)."""
-    originals = {g.label: g.read() for g in gpus}
+          on_step: Callable[[str], None] | None = None, state: SweepState | None = None) -> list[SweepRow]:
+    """Runs benchmark() at every limit on every GPU (all GPUs share the limit of a step). The original
+    limits come back on success, error, Ctrl-C and SIGTERM; state says whether they did."""
+    state = state if state is not None else SweepState()
+    originals = {g.label: checked_limits(g, g.read()) for g in gpus}
+    state.originals = originals
     for g in gpus:
         lim = originals[g.label]
         bad = [w for w in limits if not lim.min_w <= w <= lim.max_w]
@@ -116,34 +126,35 @@ def sweep(gpus: list[PowerControl], limits: list[float], benchmark: Callable[[],
             raise PowerError(f"{g.label}: {bad[0]:g} W is outside the card's range {lim.min_w:g}-{lim.max_w:g} W",
                              "choose --limits inside that range")
     rows: list[SweepRow] = []
-    with _sigterm_as_interrupt():
-        try:
-            for watts in limits:
-                for g in gpus:
-                    g.set(watts)
-                if on_step:
-                    on_step(f"limit {watts:g} W")
-                time.sleep(settle_s)
-                samplers = {g.label: Sampler.of(g) for g in gpus}
-                try:
-                    tps = benchmark()
-                finally:
-                    samples = {label: s.stop() for label, s in samplers.items()}
-                for g in gpus:
-                    s = samples[g.label]
-                    power = [x[0] for x in s]
-                    avg = statistics.mean(power) if power else None
-                    rows.append(SweepRow(
-                        gpu=g.label, limit_w=watts, tg_tokens_per_s=round(tps, 2),
-                        avg_power_w=round(avg, 1) if avg else None,
-                        peak_power_w=max(power) if power else None,
-                        tokens_per_joule=round(tps / avg, 4) if avg else None,
-                        max_temp_c=max(x[1] for x in s) if s else None,
-                        avg_sm_clock_mhz=round(statistics.mean(x[2] for x in s), 0) if s else None))
-        finally:
+    try:
+        for watts in limits:
+            for g in gpus:
+                set_checked(g, watts)
+            if on_step:
+                on_step(f"limit {watts:g} W")
+            time.sleep(settle_s)
+            samplers = {g.label: Sampler.of(g) for g in gpus}
+            try:
+                tps = benchmark()
+            finally:
+                samples = {label: s.stop() for label, s in samplers.items()}
+            for g in gpus:
+                s = samples[g.label]
+                power = [x[0] for x in s]
+                avg = statistics.mean(power) if power else None
+                rows.append(SweepRow(
+                    gpu=g.label, limit_w=watts, tg_tokens_per_s=round(tps, 2),
+                    avg_power_w=round(avg, 1) if avg else None,
+                    peak_power_w=max(power) if power else None,
+                    tokens_per_joule=round(tps / avg, 4) if avg else None,
+                    max_temp_c=max(x[1] for x in s) if s else None,
+                    avg_sm_clock_mhz=round(statistics.mean(x[2] for x in s), 0) if s else None))
+    finally:
+        with held():  # a second Ctrl-C waits until every limit is back and read back
             failed = restore(gpus, originals)
-            if failed:
-                raise PowerError(f"could not restore the power limit of {', '.join(failed)}",
-                                 "set it by hand: " + "; ".join(
-                                     f"{g.label} -> {originals[g.label].current_w:g} W" for g in gpus))
+            state.failed, state.restored = failed, not failed
+        if failed:
+            raise PowerError(f"could not restore the power limit of {', '.join(failed)}",
+                             "set it by hand: " + "; ".join(
+                                 f"{g.label} -> {originals[g.label].current_w:g} W" for g in gpus))
     return rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from ..inventory.discovery import HostReport, InspectTarget, parse_report
@@ -19,20 +20,57 @@ def probe_script() -> str:
     return importlib.resources.files("hydra_compose").joinpath("data/probe.sh").read_text()
 
 
+MAX_OUTPUT = 32 << 20  # what one host may print before it is cut off (parse drops oversized sections)
+
+
 def run_probe(target: InspectTarget, timeout_s: float) -> str:
-    """Raw probe output; raises RuntimeError with a one-line reason."""
+    """Raw probe output; raises RuntimeError with a one-line reason. Another machine's output is
+    read up to MAX_OUTPUT and for at most timeout_s + 30 seconds, however it trickles."""
     argv = ssh_argv(target.ssh, "bash -s", timeout_s) if target.ssh else ["bash", "-s"]
     try:
-        r = subprocess.run(argv, input=probe_script(), capture_output=True, text=True, timeout=timeout_s + 30)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{target.label}: no answer within {timeout_s + 30:.0f} s") from None
+        rc, out, err = run_bounded(argv, probe_script().encode(), timeout_s + 30, MAX_OUTPUT)
     except FileNotFoundError:
         raise RuntimeError(f"{target.label}: ssh is not installed here") from None
-    if "==end" not in r.stdout:
-        lines = r.stderr.strip().splitlines()
-        reason = lines[-1] if lines else f"exit status {r.returncode}"
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{target.label}: no answer within {timeout_s + 30:.0f} s") from None
+    text = out.decode("utf-8", "replace")
+    if "==end" not in text:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        reason = lines[-1][:200] if lines else f"exit status {rc}"
         raise RuntimeError(f"{target.label}: {reason}")
-    return r.stdout
+    return text
+
+
+def run_bounded(argv: list[str], stdin: bytes, timeout_s: float, limit: int) -> tuple[int, bytes, bytes]:
+    """Run argv; keep at most limit bytes of stdout (64 KiB of stderr), kill it at timeout_s."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = bytearray(), bytearray()
+
+    def pump(stream, buf: bytearray, cap: int) -> None:  # noqa: ANN001
+        for chunk in iter(lambda: stream.read(65536), b""):
+            if len(buf) < cap:
+                buf += chunk[:cap - len(buf)]
+        stream.close()
+
+    readers = [threading.Thread(target=pump, args=(proc.stdout, out, limit), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, err, 65536), daemon=True)]
+    for t in readers:
+        t.start()
+    try:
+        proc.stdin.write(stdin)  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+    except BrokenPipeError:
+        pass
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for t in readers:
+            t.join(5)
+    return proc.returncode, bytes(out), bytes(err)
 
 
 def inspect(targets: list[InspectTarget], timeout_s: float) -> tuple[list[HostReport], list[str]]:

@@ -22,6 +22,7 @@ from typing import Iterator
 
 from ..errors import OutputError
 from ..render.compose import RenderedFile
+from .signals import held
 
 MANIFEST = ".hydra-generated.json"
 LOCK = ".hydra-generate.lock"
@@ -38,20 +39,30 @@ def _cannot_write(out_dir: Path, exc: OSError) -> OutputError:
 
 @contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
+    lock = out_dir / LOCK
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(out_dir / LOCK, "a")  # noqa: SIM115 - held for the whole write
+        if lock.is_symlink() or (lock.exists() and not lock.is_file()):  # a FIFO would block open() forever
+            raise OutputError(f"{lock} is not a regular file", f"remove {lock} and run generate again")
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as exc:
         raise _cannot_write(out_dir, exc) from None
     try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OutputError(f"another hydra-compose generate is writing to {out_dir}",
                               "wait for it to finish, then run generate again") from None
         yield
     finally:
-        fh.close()
+        os.close(fd)
+
+
+def _clear_stale_staging(out_dir: Path) -> None:
+    """Staging folders of a generate that was killed (they may hold the API key): the lock is ours."""
+    for stale in out_dir.glob(".hydra-staging-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _check_target(out_dir: Path, rel: str) -> None:
@@ -87,6 +98,7 @@ def _changed(out_dir: Path, files: list[RenderedFile], manifest: dict, force: bo
 def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[str]:
     """Writes files under out_dir; returns the paths that changed."""
     with _locked(out_dir):
+        _clear_stale_staging(out_dir)
         manifest_path = out_dir / MANIFEST
         try:
             manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -96,25 +108,28 @@ def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[s
             manifest = {}
         changed = _changed(out_dir, files, manifest, force)
         _check_target(out_dir, MANIFEST)
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=".hydra-staging-", dir=out_dir))
-        except OSError as exc:
-            raise _cannot_write(out_dir, exc) from None
-        try:
-            for f in files:
-                tmp = staging / "new" / f.path
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(f.text)
-                os.chmod(tmp, f.mode)
-            manifest.update({f.path: _digest(f.text.encode()) for f in files})
-            (staging / "new" / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-            _move_all(out_dir, staging, [f.path for f in files] + [MANIFEST])
-            for f in files:
-                os.chmod(out_dir / f.path, f.mode)  # a checkout does not keep 0600 on .env
-        except OSError as exc:
-            raise _cannot_write(out_dir, exc) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        # staging (it holds the API key), moving every file and the manifest, and removing the staging
+        # copy happen as one step: Ctrl-C or SIGTERM waits the moment it takes, then stops the command
+        with held():
+            try:
+                staging = Path(tempfile.mkdtemp(prefix=".hydra-staging-", dir=out_dir))
+            except OSError as exc:
+                raise _cannot_write(out_dir, exc) from None
+            try:
+                for f in files:
+                    tmp = staging / "new" / f.path
+                    tmp.parent.mkdir(parents=True, exist_ok=True)
+                    tmp.write_text(f.text)
+                    os.chmod(tmp, f.mode)
+                manifest.update({f.path: _digest(f.text.encode()) for f in files})
+                (staging / "new" / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+                _move_all(out_dir, staging, [f.path for f in files] + [MANIFEST])
+                for f in files:
+                    os.chmod(out_dir / f.path, f.mode)  # a checkout does not keep 0600 on .env
+            except OSError as exc:
+                raise _cannot_write(out_dir, exc) from None
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     return changed
 
 

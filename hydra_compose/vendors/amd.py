@@ -9,6 +9,7 @@ functions over text, tested with recorded outputs of real cards.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -223,6 +224,66 @@ class AmdPower(PowerControl):
         return (w, t or 0.0, c or 0.0) if w is not None else None
 
 
+# The index-th AMD card's hwmon folder (the one with power1_cap); index and root are arguments.
+_HWMON = ('i=0; for d in "$2"/class/drm/card[0-9]*/device; do c=${d%/device}; case "${c##*/}" in *-*) continue ;; esac; '
+          '[ "$(cat "$d/vendor" 2>/dev/null)" = 0x1002 ] || continue; '
+          'if [ "$i" = "$1" ]; then for h in "$d"/hwmon/hwmon*; do [ -e "$h/power1_cap" ] && echo "$h" && exit 0; '
+          'done; exit 3; fi; i=$((i + 1)); done; exit 3')
+
+
+class SysfsAmdPower(PowerControl):
+    """Without amd-smi: the amdgpu driver's own hwmon files (what rocm-smi --setpoweroverdrive writes),
+    in microwatts: power1_cap, power1_cap_min/max; power1_average and temp1_input to sample."""
+
+    vendor = "amd"
+
+    def __init__(self, target, index: int, sysfs: str = "/sys") -> None:  # noqa: ANN001
+        super().__init__(target, index)
+        self.sysfs, self._hwmon = sysfs, ""
+
+    @property
+    def hwmon(self) -> str:
+        if not self._hwmon:
+            try:
+                self._hwmon = self.target.run(["sh", "-c", _HWMON, "sh", str(self.index), self.sysfs]).strip()
+            except PowerError:
+                raise PowerError(f"{self.target.host}: no amd-smi and no power1_cap in sysfs for AMD GPU {self.index}",
+                                 "install amd-smi (ROCm >= 6.1) or check the GPU index") from None
+        return self._hwmon
+
+    def read(self) -> Limits:
+        out = self.target.run(["cat", *(f"{self.hwmon}/{f}" for f in ("power1_cap", "power1_cap_min", "power1_cap_max"))])
+        values = [number(x) for x in out.split()]
+        if len(values) != 3 or any(v is None for v in values):
+            raise PowerError(f"{self.target.host}: unexpected power1_cap values {out.strip()[:60]!r}",
+                             "check the amdgpu driver")
+        cur, lo, hi = (v / 1e6 for v in values)  # type: ignore[operator]
+        return Limits(cur, lo, hi)
+
+    def set(self, watts: float) -> None:
+        self.target.run(["sh", "-c", 'echo "$1" > "$2"', "sh", str(int(watts * 1e6)), f"{self.hwmon}/power1_cap"])
+
+    def sampler_argv(self) -> list[str]:
+        return ["sh", "-c", 'while :; do echo "$(cat "$1/power1_average" 2>/dev/null || cat "$1/power1_input") '
+                '$(cat "$1/temp1_input" 2>/dev/null || echo 0)"; sleep 0.5; done', "sh", self.hwmon]
+
+    def parse_sample(self, line: str) -> Sample | None:
+        values = [number(x) for x in line.split()]
+        if len(values) != 2 or any(v is None for v in values):
+            return None
+        return values[0] / 1e6, values[1] / 1000, 0.0  # type: ignore[operator]
+
+
+def amd_power(target, index: int) -> PowerControl:  # noqa: ANN001 - runtime.ssh.Target
+    """amd-smi where it is installed, else the driver's sysfs files (HYDRA_SYSFS_ROOT: tests)."""
+    try:
+        target.run(AmdPower.probe_argv)
+        return AmdPower(target, index)
+    except PowerError:
+        root = os.environ.get("HYDRA_SYSFS_ROOT", "/sys") if not getattr(target, "ssh", None) else "/sys"
+        return SysfsAmdPower(target, index, root)
+
+
 class Amd(Vendor):
     name = "amd"
     title = "AMD ROCm"
@@ -234,7 +295,7 @@ class Amd(Vendor):
     label = "AMD"
     bandwidth_by_name = BANDWIDTH_BY_NAME
     bandwidth_by_arch = BANDWIDTH_BY_ARCH
-    power = AmdPower
+    power = staticmethod(amd_power)
     uses_render_nodes = True
 
     def runtime_problem(self, runtime: str, os: str) -> str | None:
@@ -287,7 +348,8 @@ class Amd(Vendor):
             if (sections.get(key) or "").strip():
                 try:
                     gpus = parse(sections[key])
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError,
+                        OverflowError) as exc:
                     notes.append(f"{key.replace('_', '-')} output not understood ({type(exc).__name__}); "
                                  "trying the next source")
                     continue

@@ -96,7 +96,7 @@ class PowerControl:
 
     @property
     def label(self) -> str:
-        return f"{self.target.host}:{self.index}"
+        return f"{self.target.host}:{self.vendor}:{self.index}"
 
     def read(self) -> Limits:
         raise NotImplementedError

@@ -30,8 +30,13 @@ done
 [ "$host" = 0.0.0.0 ] && host=127.0.0.1
 IFS=, read -r -a workers <<<"$rpc"
 url="http://$host:$port"
+# The API key reaches curl through a 0600 header file, never its argv (ps shows argv to every user).
 auth=()
-[ -n "${LLAMA_API_KEY:-}" ] && auth=(-H "Authorization: Bearer $LLAMA_API_KEY")
+if [ -n "${LLAMA_API_KEY:-}" ]; then
+  auth_file=$(umask 077 && mktemp /tmp/hydra-auth.XXXXXX)
+  printf 'Authorization: Bearer %s\n' "$LLAMA_API_KEY" >"$auth_file"
+  auth=(-H "@$auth_file")
+fi
 
 log() { echo "hydra-supervise: $*" >&2; }
 
