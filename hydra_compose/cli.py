@@ -57,7 +57,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         present.models(facts, models_dir)
 
 
-def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts=None) -> dict:  # noqa: ANN001
+def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts=None,  # noqa: ANN001
+                    speculative=None) -> dict:
     from .inventory.config import CACHE_TYPES
     from .errors import UsageError
 
@@ -68,8 +69,10 @@ def _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split
         raise UsageError(f"--split {split} is unknown", "use speed or all")
     if experts is not None and experts not in ("auto", "gpu", "cpu"):
         raise UsageError(f"--experts {experts} is unknown", "use auto, gpu or cpu")
+    if speculative is not None and speculative not in ("auto", "off", "draft", "mtp", "ngram"):
+        raise UsageError(f"--speculative {speculative} is unknown", "use auto, off, draft, mtp or ngram")
     return dict(ctx=ctx, parallel=parallel, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
-                flash_attn=flash_attn, split=split, experts=experts)
+                flash_attn=flash_attn, split=split, experts=experts, speculative=speculative)
 
 
 _MODEL = typer.Option(None, "-m", "--model", help="Model name from cluster.yaml or a .gguf in models/.")
@@ -80,22 +83,34 @@ _CTV = typer.Option(None, "--cache-type-v", help="KV cache type for V (quantized
 _FA = typer.Option(None, "--flash-attn/--no-flash-attn", help="Flash attention.")
 _SPLIT = typer.Option(None, "--split", help="speed: fastest split, may leave devices out; all: use every device.")
 _EXPERTS = typer.Option(None, "--experts", help="MoE experts: auto (host RAM only when needed), gpu, cpu.")
+_SPEC = typer.Option(None, "--speculative", help="Speculative decoding: auto (when predicted faster), off, draft, "
+                                                 "mtp, ngram.")
 
 
 @app.command()
 def plan(model: Optional[str] = _MODEL, ctx: Optional[int] = _CTX, parallel: Optional[int] = _PAR,
          cache_type_k: Optional[str] = _CTK, cache_type_v: Optional[str] = _CTV,
          flash_attn: Optional[bool] = _FA, split: Optional[str] = _SPLIT, experts: Optional[str] = _EXPERTS,
+         speculative: Optional[str] = _SPEC,
+         compare: bool = typer.Option(False, "--compare", help="List the candidate plans, best first, and why the "
+                                                               "chosen one wins."),
          as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (versioned).")) -> None:
     """Place the model's layers on the devices: memory per device, context, predicted tok/s."""
     from .commands import plan as cmd
 
-    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts)
-    name, result = cmd.run(_project(), model, **overrides)
+    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts, speculative)
+    if compare:
+        table = cmd.compare(_project(), model, **overrides)
+        if as_json:
+            present.print_json(cmd.compare_json(table))
+        else:
+            present.compare(table)
+        return
+    name, result, fallbacks = cmd.run(_project(), model, **overrides)
     if as_json:
-        present.print_json(cmd.to_json(name, result))
+        present.print_json(cmd.to_json(name, result, fallbacks))
     else:
-        present.plan(name, result)
+        present.plan(name, result, fallbacks)
 
 
 @app.command()
@@ -104,12 +119,15 @@ def generate(model: Optional[str] = _MODEL,
              force: bool = typer.Option(False, "--force", help="Overwrite generated files edited by hand."),
              ctx: Optional[int] = _CTX, parallel: Optional[int] = _PAR, cache_type_k: Optional[str] = _CTK,
              cache_type_v: Optional[str] = _CTV, flash_attn: Optional[bool] = _FA,
-             split: Optional[str] = _SPLIT, experts: Optional[str] = _EXPERTS) -> None:
+             split: Optional[str] = _SPLIT, experts: Optional[str] = _EXPERTS,
+             speculative: Optional[str] = _SPEC,
+             rotate_certs: bool = typer.Option(False, "--rotate-certs", help="With rpc_tls: a new cluster CA and "
+                                                                             "new host certificates.")) -> None:
     """Write dockerfiles/ and compose/<host>/docker-compose.yml for every host."""
     from .commands import generate as cmd
 
-    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts)
-    present.generate(cmd.run(_project(), model, out, force, **overrides))
+    overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts, speculative)
+    present.generate(cmd.run(_project(), model, out, force, rotate_certs, **overrides))
 
 
 @app.command("inspect")
@@ -168,6 +186,22 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON (versi
     else:
         present.status(st)
     if st.warnings and not st.master.healthy:
+        raise typer.Exit(1)
+
+
+@app.command()
+def calibrate(hosts: Optional[list[str]] = _HOSTS,
+              as_json: bool = typer.Option(False, "--json", help="Print JSON (versioned).")) -> None:
+    """Measure each device (in its worker image) and each link (from the master); record them in cluster.yaml."""
+    from .commands import calibrate as cmd
+
+    with present.steps(hidden=as_json) as step:
+        r = cmd.run(_project(), hosts, step)
+    if as_json:
+        present.print_json(cmd.to_json(r))
+    else:
+        present.calibrate(r)
+    if any(d.error for d in r.devices) or any(link.error for link in r.links):
         raise typer.Exit(1)
 
 

@@ -119,17 +119,22 @@ def models(facts, models_dir) -> None:  # noqa: ANN001
 
 
 # plan, generate --------------------------------------------------------------------------
-def plan(name: str, plan) -> None:  # noqa: ANN001 - planner.plan.Plan
+def plan(name: str, plan, fallbacks=()) -> None:  # noqa: ANN001 - planner.plan.Plan, planner.fallback.Fallback
     out = console()
     table = _table("device", "host", "endpoint", "layers", "weights", "KV", "state", "compute",
-                   "total / budget MiB", "reserve")
+                   "total / budget MiB", "reserve", "speed (GB/s; hop ms)")
     for d in plan.devices:
         layers = "-" if d.layers is None else f"{d.layers[0]}-{d.layers[1]}"
         layers += " +output" if d.has_output else ""
-        compute = mib(d.compute_bytes) + (f" +{mib(d.projector_bytes)} mmproj" if d.projector_bytes else "")
+        compute = mib(d.compute_bytes) + (f" +{mib(d.projector_bytes)} mmproj" if d.projector_bytes else "") + \
+            (f" +{mib(d.draft_bytes)} draft" if d.draft_bytes else "")
+        s = d.slot
+        speed = f"{s.speed.dense_gbs:.0f} {'measured' if s.speed.measured else 'table'}"
+        if s.kind == "rpc":
+            speed += f"; {s.hop_s * 1000:.2f} {'measured' if s.hop_measured else 'default'}"
         table.add_row(d.slot.id, d.slot.host, d.slot.endpoint or "local", layers, mib(d.weights_bytes),
                       mib(d.kv_bytes), mib(d.state_bytes), compute,
-                      f"{mib(d.total_bytes)} / {mib(d.slot.budget_bytes)}", mib(d.slot.reserve_bytes))
+                      f"{mib(d.total_bytes)} / {mib(d.slot.budget_bytes)}", mib(d.slot.reserve_bytes), speed)
     m = plan.model
     kinds = ", ".join(f"{n} {k}" for k, n in m.kinds().items())
     out.print(f"model {name}: {shown(m.name)} ({shown(m.arch)}, {m.n_layer} layers: {kinds}; {shown(m.quant)})",
@@ -144,10 +149,44 @@ def plan(name: str, plan) -> None:  # noqa: ANN001 - planner.plan.Plan
         out.print(f"master RAM: {mib(h.total_bytes)}{budget} MiB (embeddings {mib(h.token_embd_bytes)}, "
                   f"experts {mib(h.expert_bytes)}, compute {mib(h.compute_bytes)}, "
                   f"prompt cache {mib(h.cache_ram_bytes)})", markup=False)
-    out.print(f"predicted decode: {plan.predicted_tg_tokens_per_s:.1f} tok/s")
+    sp = plan.speculation
+    if sp is None:
+        out.print(f"predicted decode: {plan.predicted_tg_tokens_per_s:.1f} tok/s (no speculative decoding)")
+    else:
+        where = f" on {sp.where}" if sp.where else ""
+        out.print(f"predicted decode: {plan.predicted_tg_tokens_per_s:.1f} tok/s with speculative decoding "
+                  f"({sp.mode}{where}, {sp.draft_max} drafted, acceptance {sp.acceptance:g}); "
+                  f"{plan.predicted_without_speculation:.1f} without", markup=False)
     for w in plan.warnings:
         out.print(f"warning: {shown(w)}", markup=False)
     out.print("llama-server " + " ".join(plan.llama_server_args()), markup=False)
+    if fallbacks:
+        fb_table = _table("if this is lost", "split", "ctx", "predicted tok/s")
+        for fb in fallbacks:
+            p = fb.plan
+            if p is None:
+                fb_table.add_row(fb.label, f"none fits: {shown(fb.reason)}", "-", "-")
+            else:
+                ctx = f"{p.ctx}" + (" (smaller)" if fb.ctx_reduced else "")
+                fb_table.add_row(fb.label, str(p.tensor_split), ctx, f"{p.predicted_tg_tokens_per_s:.1f}")
+        out.print("fallback plans (the supervisor switches when these workers stay unreachable for "
+                  "failover_s):", markup=False)
+        out.print(fb_table)
+
+
+def compare(candidates) -> None:  # noqa: ANN001 - planner.compare.Candidate list
+    from .planner.compare import why_chosen
+
+    table = _table("", "plan", "predicted tok/s", "memory MiB", "ctx", "split / why not")
+    for c in candidates:
+        p = c.plan
+        table.add_row("*" if c.chosen else "", c.label, f"{c.tokens_per_s:.1f}" if p else "-",
+                      mib(c.memory_bytes) if p else "-", str(p.ctx) if p else "-",
+                      str(p.tensor_split) if p else shown(c.why_not))
+    o = console()
+    o.print(table)
+    o.print(f"chosen: {why_chosen(candidates)}", markup=False)
+    o.print("not a candidate: --split-mode tensor (over RPC 72 % slower than the layer split, DESIGN.md)", markup=False)
 
 
 def generate(r) -> None:  # noqa: ANN001 - commands.generate.GenerateResult
@@ -158,6 +197,8 @@ def generate(r) -> None:  # noqa: ANN001 - commands.generate.GenerateResult
         o.print(f"warning: {shown(w)}", markup=False)
     o.print(f"model {r.model_name}: split {r.plan.tensor_split}, ctx {r.plan.ctx}, "
             f"predicted {r.plan.predicted_tg_tokens_per_s:.0f} tok/s", markup=False)
+    for fb in r.fallbacks:
+        o.print(f"fallback {shown(fb.describe())}", markup=False)
     o.print("next, on each host: docker compose -f compose/<host>/docker-compose.yml up -d --build "
             "(workers' hosts first)", markup=False)
 
@@ -200,7 +241,8 @@ def status(st) -> None:  # noqa: ANN001 - commands.status.StatusResult
     o.print(f"master {m.host} {m.url}: {'healthy' if m.healthy else 'NOT healthy'} "
             f"({shown(m.state)}), model {shown(m.model)}, split {split}, "
             f"slots busy {m.slots_processing}/{m.slots}, "
-            f"decode {m.predicted_tokens_per_s} tok/s", markup=False)
+            f"decode {m.predicted_tokens_per_s} tok/s"
+            + (f"; {shown(m.mode)}" if m.mode and m.mode != "full" else ""), markup=False)
     table = _table("host", "worker", "endpoint", "container", "reachable", "llama.cpp", "RPC protocol")
     for w in st.workers:
         table.add_row(w.host, w.service, w.endpoint, shown(f"{w.state} {w.health or ''}".strip()),
@@ -230,6 +272,10 @@ def bench(result) -> None:  # noqa: ANN001 - runtime.benchmark.BenchResult
     o.print(f"decode tok/s median {tg['median']} (min {tg['min']}, max {tg['max']}); errors {result.errors}"
             + (f"; aggregate {summary['aggregate_tokens_per_s']} tok/s" if "aggregate_tokens_per_s" in summary else ""),
             markup=False)
+    if "draft" in summary:
+        d = summary["draft"]
+        o.print(f"speculative decoding: {d['accepted']} of {d['drafted']} drafted tokens accepted "
+                f"({100 * d['acceptance_rate']:.0f} %), {d['acceptance_length']} tokens per target pass", markup=False)
 
 
 @contextmanager
@@ -240,6 +286,41 @@ def progress(label: str, total: int, hidden: bool) -> Iterator[Callable[[int], N
     with Progress(transient=True, disable=hidden) as bar:
         task = bar.add_task(shown(label), total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def steps(hidden: bool) -> Iterator[Callable[[str], None]]:
+    """A transient spinner naming the current step; yields the function that names the next."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
+                  disable=hidden) as bar:
+        task = bar.add_task("starting", total=None)
+        yield lambda text: bar.update(task, description=shown(text))
+
+
+def calibrate(r) -> None:  # noqa: ANN001 - commands.calibrate.CalibrateResult
+    o = console()
+    table = _table("host", "worker", "device", "decode GB/s", "experts GB/s", "fixed ms", "prompt tok/s")
+    for d in r.devices:
+        m = d.measured
+        if m is None:
+            table.add_row(d.host, d.service, str(d.index), "-", "-", "-", shown(f"failed: {d.error}"))
+        else:
+            table.add_row(d.host, d.service, str(d.index), f"{m.decode_gbs:g}", f"{m.expert_gbs:g}",
+                          f"{m.fixed_ms:g}", f"{m.prompt_tps:g}" if m.prompt_tps else "-")
+    o.print(table)
+    links = _table("host", "RTT ms", "up Gbit/s", "down Gbit/s", "RPC stack ms")
+    for link in r.links:
+        m = link.measured
+        if m is None:
+            links.add_row(link.host, "-", "-", "-", shown(f"failed: {link.error}"))
+        else:
+            links.add_row(link.host, f"{m.rtt_ms:g}", f"{m.up_gbps:g}", f"{m.down_gbps:g}", f"{m.rpc_ms:g}")
+    o.print(links)
+    for note in r.notes:
+        o.print(f"note: {shown(note)}", markup=False)
+    o.print(r.diff or "cluster.yaml already has these figures", markup=False)
 
 
 def sweep(paths, table_text: str) -> None:  # noqa: ANN001

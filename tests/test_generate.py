@@ -29,7 +29,7 @@ def example_project(tmp_path: Path, name: str) -> Path:
 
 def generated(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*"))
-            if p.is_file() and (p.parts[-3:-2] in (("compose",), ("native",)) or "dockerfiles" in p.parts)}
+            if p.is_file() and p.relative_to(root).parts[0] in ("compose", "native", "dockerfiles")}
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -40,9 +40,10 @@ def test_golden(name, tmp_path):
     files = generated(proj)
     assert files, r.stdout
     golden = GOLDEN / name
-    # the master's random API key differs per run
+    # the master's random API key and the cluster's keys and certificates differ per run
     files = {k: "\n".join(x if not x.startswith("LLAMA_API_KEY=") else "LLAMA_API_KEY=<random>"
                           for x in v.split("\n")) for k, v in files.items()}
+    files = {k: "<random>\n" if k.endswith((".crt", ".key")) else v for k, v in files.items()}
     if os.environ.get("UPDATE_GOLDEN"):
         shutil.rmtree(golden, ignore_errors=True)
         for rel, text in files.items():
@@ -92,6 +93,8 @@ def test_edited_file_is_kept_without_force(tmp_path):
 
 def test_worker_binds_host_address_and_labels(tmp_path):
     proj = example_project(tmp_path, "seed004-nvidia-mi50")
+    cfg = proj / "cluster.yaml"
+    cfg.write_text(cfg.read_text().replace("cluster:\n", "cluster:\n  rpc_tls: false\n", 1))
     r = run_cli("generate", cwd=proj)
     assert r.returncode == 0 and "left out" in r.stdout  # a small model decodes faster on the 4070 alone
     assert run_cli("generate", "--split", "all", cwd=proj).returncode == 0
@@ -105,6 +108,18 @@ def test_worker_binds_host_address_and_labels(tmp_path):
     server = master["services"]["llama-server"]
     assert server["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0"]
     assert "--rpc" in server["command"] and "192.168.1.31:50052" in server["command"]
+    # with mutual TLS (the default for a LAN host) the worker listens on loopback behind stunnel,
+    # which takes the host's address; the master dials its own tunnel
+    cfg.write_text(cfg.read_text().replace("  rpc_tls: false\n", "", 1))
+    assert run_cli("generate", "--split", "all", cwd=proj).returncode == 0
+    doc = yaml.safe_load((proj / "compose" / "mi50-worker" / "docker-compose.yml").read_text())
+    assert doc["services"]["rpc-amd0"]["command"][:2] == ["-H", "127.0.0.1"]
+    assert doc["services"]["rpc-tls"]["entrypoint"] == ["stunnel", "/hydra/tls/stunnel.conf"]
+    conf = (proj / "compose" / "mi50-worker" / "tls" / "stunnel.conf").read_text()
+    assert "accept = 192.168.1.31:50052\nconnect = 127.0.0.1:50052" in conf and "requireCert = yes" in conf
+    master = yaml.safe_load((proj / "compose" / "nvidia-master" / "docker-compose.yml").read_text())
+    assert "127.0.1.1:50052" in master["services"]["llama-server"]["command"]
+    assert master["services"]["llama-server"]["depends_on"]["rpc-tls"]["condition"] == "service_healthy"
     rocm = (proj / "dockerfiles" / "rocm.Dockerfile").read_text()
     assert 'GPU_TARGETS="gfx906"' in rocm
     cuda = (proj / "dockerfiles" / "cuda.Dockerfile").read_text()
@@ -142,12 +157,12 @@ def test_rocm_release_per_host_and_cdi(tmp_path):
     assert xtx["llama-server"]["devices"] == ["amd.com/gpu=0"] and "group_add" not in xtx["llama-server"]
     assert "GID" not in (proj / "compose" / "duo" / ".env").read_text()
     # one ggml-rpc-server for both duo GPUs
-    assert list(duo) == ["rpc-amd"] and duo["rpc-amd"]["devices"] == ["amd.com/gpu=0", "amd.com/gpu=1"]
+    assert list(duo) == ["rpc-amd", "rpc-tls"] and duo["rpc-amd"]["devices"] == ["amd.com/gpu=0", "amd.com/gpu=1"]
     assert duo["rpc-amd"]["command"][duo["rpc-amd"]["command"].index("-d") + 1] == "ROCm0,ROCm1"
     command = xtx["llama-server"]["command"]
     rpc = command[command.index("--rpc") + 1].split(",")
     split = command[command.index("--tensor-split") + 1].split(",")
-    assert rpc.count("10.0.1.4:50052") == 1 and len(split) == len(rpc) + 2  # duo: 2 devices; + the local GPU
+    assert rpc.count("127.0.1.2:50052") == 1 and len(split) == len(rpc) + 2  # duo (tunnel 2): 2 devices; + the local GPU
 
 
 def test_impossible_rocm_mix_on_one_host(tmp_path):
@@ -224,4 +239,4 @@ def test_user_template_override(tmp_path):
     (proj / "templates" / "cpu.Dockerfile.j2").write_text(
         '{% extends "llama-cpp.Dockerfile.j2" %}\n{% block runtime_packages %} htop{% endblock %}\n')
     assert run_cli("generate", cwd=proj).returncode == 0
-    assert "libgomp1 curl ca-certificates htop" in (proj / "dockerfiles" / "cpu.Dockerfile").read_text()
+    assert "libgomp1 curl ca-certificates stunnel4 htop" in (proj / "dockerfiles" / "cpu.Dockerfile").read_text()

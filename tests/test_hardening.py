@@ -331,7 +331,7 @@ def test_template_link_out_of_templates_is_not_followed(tmp_path):
 def test_template_includes_a_shipped_one(tmp_path):
     root = template_project(tmp_path, '{% extends "llama-cpp.Dockerfile.j2" %}{% block runtime_packages %} jq{% endblock %}')
     assert run_cli("generate", cwd=root).returncode == 0
-    assert "ca-certificates jq" in (root / "dockerfiles" / "cpu.Dockerfile").read_text()
+    assert "ca-certificates stunnel4 jq" in (root / "dockerfiles" / "cpu.Dockerfile").read_text()
 
 
 # === hostile servers: bounded in time and size, nothing unfiltered reaches the terminal ============

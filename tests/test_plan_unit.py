@@ -43,7 +43,7 @@ def test_devices_in_llama_order_rpc_first_then_local():
     assert plan.devices[-1].has_output and plan.devices[-1].slot.id == "CUDA0"
     assert sum(plan.tensor_split) == 33
     args = plan.llama_server_args()
-    assert args[:2] == ["--rpc", "10.0.0.2:50052"]
+    assert args[:2] == ["--rpc", "127.0.1.1:50052"]  # a LAN worker host: through the TLS tunnel
 
 
 def test_speed_plan_prefers_fast_device_and_leaves_slow_out():

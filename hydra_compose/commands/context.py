@@ -69,6 +69,9 @@ class Project:
     def model_facts(self, entry: ModelEntry) -> ModelFacts:
         return read_model(self.model_file(entry.file), root=self.models_dir)
 
+    def draft_facts(self, entry: ModelEntry) -> ModelFacts | None:
+        return read_model(self.model_file(entry.draft), root=self.models_dir) if entry.draft else None
+
     def projector_facts(self, entry: ModelEntry) -> ProjectorFacts | None:
         return read_projector(self.model_file(entry.mmproj)) if entry.mmproj else None
 

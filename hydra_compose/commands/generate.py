@@ -9,9 +9,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..planner.fallback import Fallback, fallback_plans
 from ..planner.plan import Plan, PlanOptions, make_plan
+from ..inventory.topology import rpc_tls, tls_hosts
 from ..render.compose import (HEADER, RenderedFile, ServedModel, build_source, render_compose, render_dockerfiles,
-                              render_env, render_notes, render_supervisor)
+                              render_env, render_fallbacks, render_notes, render_supervisor, render_tls_conf,
+                              tls_sections)
+from ..runtime.pki import cluster_certificates
 from ..render.native import render_native
 from ..runtime.writer import write_files
 from .context import Project
@@ -25,6 +29,7 @@ class GenerateResult:
     files: tuple[str, ...]
     changed: tuple[str, ...]
     warnings: tuple[str, ...] = ()  # the plan's, then the images' and the device access's
+    fallbacks: tuple[Fallback, ...] = ()  # one per worker host the master can lose
 
 
 def existing_key(env_file: Path) -> str | None:
@@ -36,7 +41,8 @@ def existing_key(env_file: Path) -> str | None:
     return None
 
 
-def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan) -> list[RenderedFile]:
+def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
+               fallbacks: list[Fallback] = (), rotate_certs: bool = False) -> list[RenderedFile]:
     cfg = project.config
     config_name = os.path.relpath(project.config_path.resolve(), out_dir.resolve())
     files = render_dockerfiles(cfg, project.config_path.name, project.root / "templates")
@@ -50,23 +56,34 @@ def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan)
         source = build_source(cfg, out_dir.resolve(), project.root, compose_dir.resolve())
         models_rel = os.path.relpath(project.models_dir, compose_dir.resolve())
         files.append(RenderedFile(f"compose/{host.name}/docker-compose.yml",
-                                  render_compose(cfg, plan, served, host, config_name, source, models_rel)))
+                                  render_compose(cfg, plan, served, host, config_name, source, models_rel,
+                                                 bool(fallbacks))))
         if host.name == cfg.master.host:
             files.append(RenderedFile(f"compose/{host.name}/supervise.sh", render_supervisor(), mode=0o755))
+            files += [RenderedFile(f"compose/{host.name}/{f.path}", f.text, f.mode)
+                      for f in render_fallbacks(cfg, list(fallbacks), served)]
         key = None
         if host.name == cfg.master.host and cfg.master.api_key:
             key = existing_key(compose_dir / ".env") or secrets.token_urlsafe(32)
         files.append(RenderedFile(f"compose/{host.name}/.env", render_env(cfg, host, key), mode=0o600))
+        if tls_sections(cfg, host):
+            files.append(RenderedFile(f"compose/{host.name}/tls/stunnel.conf", render_tls_conf(cfg, host)))
+    if rpc_tls(cfg) and tls_hosts(cfg):
+        files += cluster_certificates(out_dir, cfg.cluster.name, [cfg.master_host, *tls_hosts(cfg)], rotate_certs)
     return files
 
 
-def run(project: Project, model: str | None, out_dir: Path | None, force: bool,
+def run(project: Project, model: str | None, out_dir: Path | None, force: bool, rotate_certs: bool = False,
         **overrides: object) -> GenerateResult:
     name, entry = project.model_entry(model)
     facts = project.model_facts(entry)
-    plan = make_plan(project.config, facts, PlanOptions.from_entry(entry, **overrides), project.projector_facts(entry))
+    opts = PlanOptions.from_entry(entry, **overrides)
+    projector, draft = project.projector_facts(entry), project.draft_facts(entry)
+    plan = make_plan(project.config, facts, opts, projector, draft)
+    fallbacks = fallback_plans(project.config, plan, opts, projector, draft)
     out = out_dir or project.root
-    files = render_all(project, out, ServedModel(name, entry.file, entry.mmproj), plan)
+    files = render_all(project, out, ServedModel(name, entry.file, entry.mmproj, entry.draft), plan, fallbacks,
+                       rotate_certs)
     changed = write_files(out, files, force)
     return GenerateResult(out, name, plan, tuple(f.path for f in files), tuple(changed),
-                          (*plan.warnings, *render_notes(project.config)))
+                          (*plan.warnings, *render_notes(project.config)), tuple(fallbacks))

@@ -49,6 +49,7 @@ class MasterStatus:
     slots_processing: int | None = None
     predicted_tokens_per_s: float | None = None
     stalled: bool | None = None
+    mode: str | None = None  # the supervisor's: "full", "degraded: without HOST (...)" or "down: why"
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _worker_rows(project: Project, all_stacks: dict, services: dict, running: di
         hellos = list(pool.map(lambda w: hello(w.address, w.port, timeout_s=1.0), workers))
     for w, hi in zip(workers, hellos):
         if w.host not in all_stacks:  # a native worker: no container, its HELLO tells
-            rows.append(WorkerStatus(w.host, w.service, w.endpoint, w.bind, "native", None, hi.state != "refused",
+            rows.append(WorkerStatus(w.host, w.service, w.reach, w.bind, "native", None, hi.state != "refused",
                                      None, None if hi.state == "refused" else hi.text))
             continue
         svc = services[w.host].get(w.service, {})
@@ -91,7 +92,7 @@ def _worker_rows(project: Project, all_stacks: dict, services: dict, running: di
                 refs.setdefault(f"{w.host}/{w.service}", r)
                 if r != refs[f"{w.host}/{w.service}"]:
                     refs[f"{w.host}/{w.service} (running)"] = r
-        rows.append(WorkerStatus(w.host, w.service, w.endpoint, w.bind, ps.get("State", "missing"),
+        rows.append(WorkerStatus(w.host, w.service, w.reach, w.bind, ps.get("State", "missing"),
                                  ps.get("Health") or None, hi.state != "refused", live or ref,
                                  None if hi.state == "refused" else hi.text))
         if w.bind == "0.0.0.0" or _public(w.bind):
@@ -128,9 +129,16 @@ def run(project: Project, api_key: str | None) -> StatusResult:
     fields.update(master_answers(url, auth_headers(api_key)))
     state = ps.get("State", "missing")
     if state == "running":
-        # the supervisor's marker is immediate; Docker's health status follows after its retries
-        marker = master_stack.compose("exec", "-T", "llama-server", "test", "-e", "/tmp/hydra-stalled", timeout=30)
-        fields["stalled"] = marker.returncode == 0
+        # the supervisor's markers are immediate; Docker's health status follows after its retries
+        marker = master_stack.compose("exec", "-T", "llama-server", "bash", "-c",
+                                      "test -e /tmp/hydra-stalled && echo stalled; head -c 2000 /tmp/hydra-mode",
+                                      timeout=30)
+        lines = marker.stdout.splitlines() if isinstance(marker.stdout, str) else []
+        fields["stalled"] = bool(lines) and lines[0] == "stalled"
+        mode = lines[-1].strip() if lines and lines[-1] != "stalled" else None
+        fields["mode"] = "".join(c for c in mode if c.isprintable())[:500] if mode else None
+        if fields["mode"] and fields["mode"] != "full":
+            warnings.append(f"master {fields['mode']}")
     health = ps.get("Health") or None
     if fields.get("healthy") and (health == "unhealthy" or fields.get("stalled")):
         fields["healthy"] = False

@@ -22,9 +22,18 @@ class UpResult:
     hosts: tuple[str, ...]  # in the order they were started
 
 
+def _listening(w: Worker) -> bool:
+    """The worker's host accepts connections for it (its TLS terminator, with rpc_tls)."""
+    host, port = w.reach.rsplit(":", 1)
+    return port_open(host, int(port))
+
+
 def check_protocols(workers: list[Worker], ref: str | None) -> None:
     """Every worker — container or native — must speak the master's RPC protocol (HELLO). A busy
     worker (serving a running master) is not asked twice; anything that is not ggml-rpc-server fails."""
+    # a TLS worker only answers through the master's tunnel, which starts with the master: its
+    # protocol is checked by the supervisor's HELLO probe and by status instead
+    workers = [w for w in workers if not w.tls_address]
     answers = {w.endpoint: hello(w.address, w.port) for w in workers}
     garbled = [w for w in workers if answers[w.endpoint].state == "garbled"]
     if garbled:
@@ -53,13 +62,13 @@ def run(project: Project, hosts: list[str] | None, report: Callable[[str], None]
                 report(f"{stack.host.name}: starting workers")
                 stack.checked("up", "-d", *(["--build"] if build else []), "--wait", "--wait-timeout", "900", *own)
             # workers on the master's own host start with it (depends_on); the others must be up already
-            pending = [w for w in workers if w.host != stack.host.name and not port_open(w.address, w.port)]
+            pending = [w for w in workers if w.host != stack.host.name and not _listening(w)]
             deadline = time.monotonic() + WORKER_WAIT_S
             while pending and time.monotonic() < deadline:
                 time.sleep(1)
-                pending = [w for w in pending if not port_open(w.address, w.port)]
+                pending = [w for w in pending if not _listening(w)]
             if pending:
-                names = ", ".join(w.endpoint for w in pending)
+                names = ", ".join(w.reach for w in pending)
                 raise ClusterError(f"workers {names} do not accept connections",
                                    "start their hosts first (`hydra-compose up HOST`) and check firewalls")
             ref = expected_ref(stack)

@@ -67,6 +67,9 @@ class LlamaCppSource(Strict):
 class ClusterSection(Strict):
     name: str = "hydra"
     llama_cpp: LlamaCppSource = LlamaCppSource()
+    # mutual TLS on the RPC links to other Docker hosts (stunnel beside each worker and the master);
+    # unset: on when a worker host has an address outside 127.0.0.0/8
+    rpc_tls: bool | None = None
 
     @field_validator("name")
     @classmethod
@@ -82,6 +85,35 @@ class MasterSection(Strict):
     bind: BindAddress | None = None  # address llama-server listens on; default: the host's address
     api_key: bool = False  # true: generate writes a random key into the master's .env
     cache_ram_gb: NonNegative = 1.0  # llama-server's prompt cache in host RAM (--cache-ram); 0: off
+    # a worker host unreachable this long: the supervisor serves its fallback plan; reachable again
+    # this long (and no slot busy): back to the full plan
+    failover_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    failback_s: Annotated[int, Field(ge=5, le=86400)] = 60
+
+
+Stamp = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+
+
+class MeasuredDevice(Strict):
+    """What `hydra-compose calibrate` measured on this device (llama-bench from the master, through its worker)."""
+
+    decode_gbs: Positive  # dense weights streamed per second while decoding
+    expert_gbs: Positive | None = None  # active MoE expert weights per second (compute-bound on CPUs)
+    fixed_ms: NonNegative = 0.0  # per-token cost independent of the weights (launches, wake-ups)
+    prompt_tps: Positive | None = None  # prompt tokens per second on the calibration model
+    date: Stamp
+    ref: Annotated[str, AfterValidator(safe_values.git_ref)]
+
+
+class MeasuredLink(Strict):
+    """What `calibrate` measured from the master to this host's workers, over their RPC port."""
+
+    rtt_ms: NonNegative
+    up_gbps: Positive
+    down_gbps: Positive
+    rpc_ms: NonNegative = 0.0  # the RPC stack's own per-token cost beyond the round trip
+    date: Stamp
+    ref: Annotated[str, AfterValidator(safe_values.git_ref)]
 
 
 class Device(Strict):
@@ -97,6 +129,7 @@ class Device(Strict):
     bandwidth_gbs: Positive | None = None
     bus_id: Annotated[str, Field(pattern=r"^[0-9A-Fa-f:.]{1,32}$")] | None = None
     render_node: Annotated[str, Field(pattern=r"^renderD[0-9]{3}$")] | None = None  # /dev/dri node (inspect)
+    measured: MeasuredDevice | None = None
     power_limit_w: Annotated[float, Field(gt=0, le=10000)] | None = None
     power_min_w: Annotated[float, Field(gt=0, le=10000)] | None = None
     power_max_w: Annotated[float, Field(gt=0, le=10000)] | None = None
@@ -180,6 +213,7 @@ class Host(Strict):
     nvidia_driver: Version | None = None  # e.g. 550.54.14 (inspect records it): picks the CUDA release
     rocm_version: Version | None = None  # the host's ROCm (its kernel driver's release): picks the ROCm release
     toolkit: Toolkit | None = None
+    measured: MeasuredLink | None = None
     devices: list[Device] = []
 
     @field_validator("name")
@@ -230,6 +264,12 @@ class ModelEntry(Strict):
     cache_type_k: Literal[CACHE_TYPES] = "f16"  # type: ignore[valid-type]
     cache_type_v: Literal[CACHE_TYPES] = "f16"  # type: ignore[valid-type]
     split: Literal["speed", "all"] = "speed"
+    # speculative decoding: auto (on when predicted faster), off, or a mode; draft: a small model of the
+    # same tokenizer below models/; draft_max: tokens drafted per pass; acceptance: mean tokens per pass
+    speculative: Literal["auto", "off", "draft", "mtp", "ngram"] = "auto"
+    draft: ModelFile | None = None
+    draft_max: Annotated[int, Field(ge=1, le=32)] | None = None
+    acceptance: Annotated[float, Field(ge=1, le=33)] | None = None
     default: bool = False
 
 

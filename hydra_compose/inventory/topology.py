@@ -17,14 +17,24 @@ from .config import DEFAULT_RPC_PORT, ClusterConfig, Device, Host
 from ..errors import ConfigError
 
 
+TUNNEL_NET = "127.0.1"  # the master's local TLS tunnel to its k-th remote host listens on 127.0.1.k
+
+
 @dataclass(frozen=True)
 class Worker:
     host: str
-    address: str  # what the master dials
+    address: str  # what the master dials (with rpc_tls: its local tunnel, or loopback on its own host)
     bind: str  # what ggml-rpc-server listens on
     port: int
     devices: tuple[Device, ...]  # served by this one ggml-rpc-server, in -d order
     ordinal: int  # position among this host's workers
+    tls_address: str | None = None  # rpc_tls: the host's address, where its TLS terminator listens
+    tls_bind: str | None = None  # ...and what that terminator binds
+
+    @property
+    def reach(self) -> str:
+        """Where the worker host accepts connections from the network (TLS or plain)."""
+        return f"{self.tls_address or self.address}:{self.port}"
 
     @property
     def device(self) -> Device:
@@ -91,8 +101,28 @@ def _served_groups(host: Host, skip: set[int]) -> list[tuple[int, tuple[Device, 
     return sorted(grouped + singles, key=lambda g: g[0])
 
 
+def rpc_tls(cfg: ClusterConfig) -> bool:
+    """Whether the RPC links to other Docker hosts are TLS tunnels (cluster.rpc_tls; unset: when a
+    worker host is reachable from outside this machine)."""
+    if cfg.cluster.rpc_tls is not None:
+        return cfg.cluster.rpc_tls
+    return any(not h.address.startswith("127.") for h in tls_hosts(cfg))
+
+
+def tls_hosts(cfg: ClusterConfig) -> list[Host]:
+    """Hosts whose workers the master reaches through a TLS tunnel once rpc_tls is on: Docker hosts
+    with workers, other than the master's (native hosts keep plain RPC: no terminator there)."""
+    local = {id(d) for d in local_gpus(cfg)}
+    return [h for h in cfg.hosts if h.name != cfg.master.host and h.runtime == "docker"
+            and any(id(d) not in local for d in h.devices)]
+
+
 def rpc_workers(cfg: ClusterConfig) -> list[Worker]:
     local = {id(d) for d in local_gpus(cfg)}
+    tls = rpc_tls(cfg)
+    tunnels = {h.name: f"{TUNNEL_NET}.{k}" for k, h in enumerate(tls_hosts(cfg), 1)} if tls else {}
+    if len(tunnels) > 254:
+        raise ConfigError("rpc_tls: more than 254 worker hosts", "set cluster.rpc_tls: false")
     workers = []
     for host in cfg.hosts:
         used: dict[int, int] = {}
@@ -118,8 +148,17 @@ def rpc_workers(cfg: ClusterConfig) -> list[Worker]:
                 raise ConfigError(f"rpc_port {port} on {host.name} collides with master.port",
                                   "choose another rpc_port or master.port")
             used[port] = i
-            workers.append(Worker(host=host.name, address=host.address, bind=host.bind or host.address,
-                                  port=port, devices=devices, ordinal=ordinal))
+            address, bind, tls_address, tls_bind = host.address, host.bind or host.address, None, None
+            if host.name in tunnels:  # ggml-rpc-server on loopback, stunnel on the host's address
+                if host.address == "127.0.0.1" or host.bind == "127.0.0.1":
+                    raise ConfigError(f"rpc_tls: {host.name} has address 127.0.0.1, where its worker listens "
+                                      "behind the TLS terminator", "give the host its LAN address (or another "
+                                      "127.x address for a test), or set cluster.rpc_tls: false")
+                address, bind, tls_address, tls_bind = tunnels[host.name], "127.0.0.1", host.address, bind
+            elif tls and host.name == cfg.master.host and host.runtime == "docker":
+                address = bind = "127.0.0.1"  # the master's own workers: loopback only, no tunnel needed
+            workers.append(Worker(host=host.name, address=address, bind=bind, port=port, devices=devices,
+                                  ordinal=ordinal, tls_address=tls_address, tls_bind=tls_bind))
             ordinal += 1
     services: dict[tuple[str, str], Worker] = {}
     for w in workers:

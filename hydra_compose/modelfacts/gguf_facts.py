@@ -174,6 +174,10 @@ class ModelFacts:
     state_elems: int = 0  # recurrent state (f32) per sequence of a recurrent layer: conv + ssm/wkv
     mla: bool = False
     ssm_in_width: int = 0  # mamba-style layers: output width of ssm_in (sizes their compute temporaries)
+    mtp_bytes: int = 0  # the multi-token-prediction heads (nextn layers): loaded only for --spec-type draft-mtp
+    vocab_model: str = ""  # tokenizer.ggml.model: a draft model must share the target's tokenizer
+    bos_id: int | None = None
+    eos_id: int | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:  # facts built by hand (tests): a dense full-attention model
@@ -395,6 +399,7 @@ def read_model(path: Path, first: HeaderReader | None = None, root: Path | None 
     tensors = {}
     n_params = 0
     ssm_in_width = 0
+    mtp_bytes = 0
     for reader in readers:
         for t in reader.tensors:
             n_params += int(t.n_elements)
@@ -402,7 +407,9 @@ def read_model(path: Path, first: HeaderReader | None = None, root: Path | None 
             if t.name.endswith(".ssm_in.weight") and len(t.shape) > 1:
                 ssm_in_width = max(ssm_in_width, int(t.shape[1]))
             m = _LAYER.match(t.name)
-            if m and int(m[1]) < n_layer:
+            if m and int(m[1]) >= n_layer:
+                mtp_bytes += int(t.n_bytes)
+            elif m:
                 layer_bytes[int(m[1])] += int(t.n_bytes)
                 if "_exps." in t.name:
                     expert_bytes[int(m[1])] += int(t.n_bytes)
@@ -438,7 +445,14 @@ def read_model(path: Path, first: HeaderReader | None = None, root: Path | None 
         layer_bytes=tuple(layer_bytes), output_bytes=output, input_bytes=tensors["token_embd.weight"], tied_output=tied,
         layers=tuple(layers), n_ff_exp=n_ff_exp or (max(n_ffs) // n_expert_used if n_expert_used else 0),
         state_elems=(conv + ssm) if any(kinds.recurrent) else 0, mla=mla, ssm_in_width=ssm_in_width,
+        mtp_bytes=mtp_bytes, vocab_model=str(_field(head, "tokenizer.ggml.model", ""))[:40],
+        bos_id=_int_or_none(_field(head, "tokenizer.ggml.bos_token_id")),
+        eos_id=_int_or_none(_field(head, "tokenizer.ggml.eos_token_id")),
     )
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def list_models(models_dir: Path) -> list[ModelFacts]:

@@ -96,9 +96,12 @@ class DeviceMemory:
         self.w = _prefix(weights + [model.output_bytes])
         # bytes read per decoded token: a MoE layer reads only its active experts
         share = model.n_expert_used / model.n_expert if model.n_expert else 1.0
-        active = [w - round(model.layers[il].expert_bytes * (1 - share)) if il not in experts_on_host else w
+        experts = [round(model.layers[il].expert_bytes * share) if il not in experts_on_host else 0
+                   for il in range(n)]
+        active = [w - model.layers[il].expert_bytes + experts[il] if il not in experts_on_host else w
                   for il, w in enumerate(weights)]
         self.active = _prefix(active + [model.output_bytes])
+        self.active_experts = _prefix(experts + [0])  # the part of `active` that is expert matmuls
         self.kv = _prefix([layer_kv_bytes(model, il, o) for il in range(n)] + [0])
         self.rs = _prefix([layer_state_bytes(model, il, o) for il in range(n)] + [0])
         # how many layers of each kind a range holds (the output item holds none)
@@ -115,6 +118,9 @@ class DeviceMemory:
 
     def active_bytes(self, a: int, b: int) -> int:
         return self.active[b] - self.active[a]
+
+    def active_expert_bytes(self, a: int, b: int) -> int:
+        return self.active_experts[b] - self.active_experts[a]
 
     def kv_bytes(self, a: int, b: int) -> int:
         return self.kv[b] - self.kv[a]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .memory import PIPELINE_COPIES, DeviceMemory
+from .speed import DeviceSpeed
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,9 @@ class Slot:
     endpoint: str | None
     budget_bytes: int
     reserve_bytes: int
-    bandwidth_gbs: float
-    overhead_s: float
+    speed: DeviceSpeed
+    hop_s: float  # reaching this device each token (RPC: the server's link and stack; 0 for local GPUs)
+    hop_measured: bool
     device: object  # config.Device
 
 
@@ -53,7 +55,11 @@ def copies_for(n_used: int, overrides: bool) -> int:
 
 
 def _time(slot: Slot, mem: DeviceMemory, a: int, b: int) -> float:
-    return mem.active_bytes(a, b) / (slot.bandwidth_gbs * 1e9) + slot.overhead_s
+    """One token's time on this device for items [a, b) (see speed.py)."""
+    experts = mem.active_expert_bytes(a, b)
+    dense = mem.active_bytes(a, b) - experts
+    s = slot.speed
+    return s.fixed_s + dense / (s.dense_gbs * 1e9) + experts / (s.expert_gbs * 1e9) + slot.hop_s
 
 
 def search(slots: list[Slot], mem: DeviceMemory, n_used_min: int, n_used_max: int, objective: str,
@@ -109,5 +115,14 @@ def best(slots: list[Slot], mem: DeviceMemory, split: str, overrides: bool,
     return min(found, key=lambda cr: cr[0]) if found else None
 
 
-def predicted_token_s(slots: list[Slot], mem: DeviceMemory, ranges: Ranges) -> float:
-    return sum(_time(slot, mem, a, b) for slot, (a, b) in zip(slots, ranges) if b > a)
+def predicted_token_s(slots: list[Slot], mem: DeviceMemory, ranges: Ranges, network: bool = True) -> float:
+    """Seconds per token on the devices; network=False: only their compute (no fixed costs, no hops)."""
+    if network:
+        return sum(_time(slot, mem, a, b) for slot, (a, b) in zip(slots, ranges) if b > a)
+    total = 0.0
+    for slot, (a, b) in zip(slots, ranges):
+        if b > a:
+            experts = mem.active_expert_bytes(a, b)
+            total += (mem.active_bytes(a, b) - experts) / (slot.speed.dense_gbs * 1e9) + \
+                experts / (slot.speed.expert_gbs * 1e9)
+    return total

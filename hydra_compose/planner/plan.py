@@ -13,12 +13,12 @@ from ..errors import PlanError
 from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts
 from .memory import F32, N_UBATCH, CacheOptions, DeviceMemory
 from .placement import NO_EXTRAS, Extras, Ranges, Slot, best, copies_for, predicted_token_s
-from .speed import HOST_RAM_GBS, RPC_FIXED_S, device_bandwidth_gbs, rpc_overhead_s
+from .speculation import Speculation
+from .speed import HOST_RAM_GBS, MASTER_TOKEN_S, RPC_STACK_S, SAME_SERVER_S, device_speed, hop_cost
 from ..inventory.topology import local_gpus, rpc_workers
 
 MiB = 1024 * 1024
 CTX_STEP = 256
-MASTER_TOKEN_S = 0.3e-3  # sampling and embedding lookup on the master, per token
 HOST_RESERVE_BYTES = 2 * GiB  # the master host's OS, Docker and llama-server itself
 EXPERT_PATTERN = "ffn_(gate|up|down|gate_up)_exps"
 
@@ -33,10 +33,12 @@ class PlannedDevice:
     compute_bytes: int
     state_bytes: int = 0
     projector_bytes: int = 0  # the vision projector (--mmproj) when llama-server puts it here
+    draft_bytes: int = 0  # the speculative draft model (weights, KV, compute) when it runs here
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.state_bytes + self.compute_bytes + self.projector_bytes
+        return (self.weights_bytes + self.kv_bytes + self.state_bytes + self.compute_bytes + self.projector_bytes
+                + self.draft_bytes)
 
     @property
     def n_items(self) -> int:
@@ -53,10 +55,11 @@ class HostMemory:
     compute_bytes: int
     cache_ram_bytes: int
     budget_bytes: int | None  # ram_gb of the master host minus the OS reserve; None: unknown
+    draft_bytes: int = 0  # a draft model on the master's CPU, or a device-placed draft's token embeddings
 
     @property
     def total_bytes(self) -> int:
-        return self.token_embd_bytes + self.expert_bytes + self.compute_bytes + self.cache_ram_bytes
+        return self.token_embd_bytes + self.expert_bytes + self.compute_bytes + self.cache_ram_bytes + self.draft_bytes
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,16 @@ class PlanOptions:
     flash_attn: bool = True
     split: str = "speed"  # speed | all
     experts: str = "auto"  # auto | gpu | cpu
+    speculative: str = "auto"  # auto | off | draft | mtp | ngram
+    draft_max: int | None = None  # --spec-draft-n-max; None: the mode's default
+    acceptance: float | None = None  # mean tokens per target pass; None: the mode's default
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, **overrides: object) -> PlanOptions:
         base = dict(ctx=entry.ctx, parallel=entry.parallel, cache_type_k=entry.cache_type_k,
                     cache_type_v=entry.cache_type_v, flash_attn=entry.flash_attn, split=entry.split,
-                    experts=entry.experts)
+                    experts=entry.experts, speculative=entry.speculative, draft_max=entry.draft_max,
+                    acceptance=entry.acceptance)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)  # type: ignore[arg-type]
 
@@ -95,6 +102,8 @@ class Plan:
     host: HostMemory | None = None
     projector: ProjectorFacts | None = None
     cache_ram_mib: int = 0
+    speculation: Speculation | None = None
+    predicted_without_speculation: float = 0.0  # tok/s of the same placement, speculation off
 
     @property
     def ctx_per_slot(self) -> int:
@@ -124,6 +133,8 @@ class Plan:
                  "--fit", "off", "--cache-ram", str(self.cache_ram_mib)]
         if self.experts_on_host:
             args += ["-ot", expert_override(self.experts_on_host)]
+        if self.speculation is not None:
+            args += self.speculation.args()
         return args
 
 
@@ -147,18 +158,18 @@ def device_slots(cfg: ClusterConfig, n_embd: int) -> list[Slot]:
     master = cfg.master_host
     for w in rpc_workers(cfg):
         host = cfg.host(w.host)
+        hop = hop_cost(host, host.name == master.name, n_embd)
         for i, dev in enumerate(w.devices):
             # a server's later devices receive activations from its first one directly
             # (same-server copies skip the master): no extra trip over the link
-            overhead = rpc_overhead_s(host, host.name == master.name, n_embd) if i == 0 else RPC_FIXED_S
             slots.append(Slot(
                 id=f"RPC{i}[{w.endpoint}]", host=w.host, kind="rpc", vendor=dev.vendor, endpoint=w.endpoint,
-                budget_bytes=dev.budget_bytes, reserve_bytes=int(dev.reserve * GiB),
-                bandwidth_gbs=device_bandwidth_gbs(dev), overhead_s=overhead, device=dev))
+                budget_bytes=dev.budget_bytes, reserve_bytes=int(dev.reserve * GiB), speed=device_speed(dev),
+                hop_s=hop.per_token_s if i == 0 else SAME_SERVER_S, hop_measured=hop.measured, device=dev))
     for i, dev in enumerate(local_gpus(cfg)):
-        slots.append(Slot(id=f"{dev.record.backend}{i}", host=master.name, kind="local", vendor=dev.vendor, endpoint=None,
-                          budget_bytes=dev.budget_bytes, reserve_bytes=int(dev.reserve * GiB),
-                          bandwidth_gbs=device_bandwidth_gbs(dev), overhead_s=0.0, device=dev))
+        slots.append(Slot(id=f"{dev.record.backend}{i}", host=master.name, kind="local", vendor=dev.vendor,
+                          endpoint=None, budget_bytes=dev.budget_bytes, reserve_bytes=int(dev.reserve * GiB),
+                          speed=device_speed(dev), hop_s=0.0, hop_measured=True, device=dev))
     return slots
 
 
@@ -166,8 +177,8 @@ class _Problem:
     """One model on one cluster: prices ranges at a context, with a set of layers' experts on the host."""
 
     def __init__(self, cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions,
-                 projector: ProjectorFacts | None = None) -> None:
-        self.cfg, self.model, self.opts = cfg, model, opts
+                 projector: ProjectorFacts | None = None, draft: DraftPlacement | None = None) -> None:
+        self.cfg, self.model, self.opts, self.draft = cfg, model, opts, draft
         self.slots = device_slots(cfg, model.n_embd)
         self.moe_layers = tuple(il for il, layer in enumerate(model.layers) if layer.expert_bytes)
         self.extras = NO_EXTRAS
@@ -181,8 +192,15 @@ class _Problem:
     def memory(self, ctx: int, on_host: tuple[int, ...]) -> DeviceMemory:
         return DeviceMemory(self.model, self.opts.cache(ctx), frozenset(on_host))
 
+    def extras_at(self, ctx: int) -> Extras:
+        """Everything beside the layers: the projector, and a draft model on a device (its KV grows with ctx)."""
+        d = self.draft
+        if d is None or d.slot is None:
+            return self.extras
+        return Extras(fixed=(*self.extras.fixed, (d.slot, d.device_bytes(self.opts, ctx))), first=self.extras.first)
+
     def arrange(self, ctx: int, on_host: tuple[int, ...]) -> tuple[float, Ranges] | None:
-        return best(self.slots, self.memory(ctx, on_host), self.opts.split, bool(on_host), self.extras)
+        return best(self.slots, self.memory(ctx, on_host), self.opts.split, bool(on_host), self.extras_at(ctx))
 
     def largest_ctx(self, on_host: tuple[int, ...]) -> int | None:
         """Largest total context (tokens per slot a multiple of 256, at most n_ctx_train) that fits."""
@@ -250,15 +268,24 @@ def _shortfall(p: _Problem, ctx: int, on_host: tuple[int, ...]) -> tuple[Slot, i
     worst, over = slots[0], -1
     for i, s in enumerate(slots):
         a, b = bounds[i], bounds[i + 1]
-        need = mem.total(a, b, i == 0, copies, mem.peak(a, b)) + p.extras.on(i, i == 0)
+        need = mem.total(a, b, i == 0, copies, mem.peak(a, b)) + p.extras_at(ctx).on(i, i == 0)
         if need - s.budget_bytes > over:
             worst, over = s, need - s.budget_bytes
     return worst, max(over, 0)
 
 
 def make_plan(cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions,
-              projector: ProjectorFacts | None = None) -> Plan:
-    p = _Problem(cfg, model, opts, projector)
+              projector: ProjectorFacts | None = None, draft: ModelFacts | None = None) -> Plan:
+    """The plan: placement, context and, where it pays, speculative decoding (planner/choose.py)."""
+    from .choose import choose
+
+    return choose(cfg, model, opts, projector, draft)
+
+
+def plan_once(cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions, projector: ProjectorFacts | None = None,
+              draft: DraftPlacement | None = None, spec: Speculation | None = None) -> Plan:
+    """One placement: the layers (and a draft model on a device, when given) fitted, the context chosen."""
+    p = _Problem(cfg, model, opts, projector, draft)
     _check(cfg, model, opts, p.slots)
     on_host = p.experts_for(opts.ctx)
     if opts.ctx is not None:
@@ -285,11 +312,11 @@ def make_plan(cfg: ClusterConfig, model: ModelFacts, opts: PlanOptions,
         ctx = largest
         found = p.arrange(ctx, on_host)
         assert found is not None
-    return _result(p, ctx, found[1], on_host, projector)
+    return _result(p, ctx, found[1], on_host, projector, spec)
 
 
 def _result(p: _Problem, ctx: int, ranges: Ranges, on_host: tuple[int, ...],
-            projector: ProjectorFacts | None) -> Plan:
+            projector: ProjectorFacts | None, spec: Speculation | None) -> Plan:
     model, opts, cfg = p.model, p.opts, p.cfg
     mem = p.memory(ctx, on_host)
     used = [i for i, (a, b) in enumerate(ranges) if b > a]
@@ -310,6 +337,13 @@ def _result(p: _Problem, ctx: int, ranges: Ranges, on_host: tuple[int, ...],
             weights_bytes=mem.weights(a, b), kv_bytes=mem.kv_bytes(a, b), state_bytes=mem.state_bytes(a, b),
             compute_bytes=mem.compute(a, b, i == used[0], copies, mem.peak(a, b))))
     devices = _with_projector(devices, projector)
+    draft = p.draft
+    if draft is not None and draft.slot is not None:
+        placed = [d for d in devices if d.slot is p.slots[draft.slot]]
+        if not placed:  # the draft's device got no layers and left --rpc: it cannot hold the draft there
+            raise PlanError(f"the draft model's device {p.slots[draft.slot].id} is not used by this placement",
+                            "set split: all, or let speculative: auto choose")
+        devices = [replace(d, draft_bytes=draft.device_bytes(opts, ctx)) if d is placed[0] else d for d in devices]
     for d in devices:  # the search counted everything placed beside the layers; this is the guarantee
         if d.total_bytes > d.slot.budget_bytes:
             raise PlanError(f"{d.slot.id} on {d.slot.host} would need {d.total_bytes // MiB} MiB of its "
@@ -317,11 +351,20 @@ def _result(p: _Problem, ctx: int, ranges: Ranges, on_host: tuple[int, ...],
                             "use a smaller --ctx, fewer --parallel slots, or more devices")
     cache_ram = int(cfg.master.cache_ram_gb * 1024)
     host = _host_memory(p, mem, on_host, copies, cache_ram)
+    if draft is not None:  # its token embeddings always, its whole self when it runs on the master's CPU
+        on_cpu = draft.device_bytes(opts, ctx) if draft.slot is None else 0
+        host = replace(host, draft_bytes=draft.facts.input_bytes + on_cpu)
     warnings = _warnings(p, mem, ctx, left_out, on_host, host)
     token_s = MASTER_TOKEN_S + predicted_token_s(p.slots, mem, ranges) + _host_expert_s(p, on_host, host)
+    plain = 1.0 / token_s
+    if spec is not None:
+        compute_s = predicted_token_s(p.slots, mem, ranges, network=False)
+        used_gpu = [s.device.is_gpu for s, (a, b) in zip(p.slots, ranges) if b > a]
+        token_s = spec.token_s(token_s, compute_s, sum(used_gpu) / max(1, len(used_gpu)))
     return Plan(model=model, options=opts, ctx=ctx, devices=tuple(devices), left_out=tuple(left_out),
                 predicted_tg_tokens_per_s=1.0 / token_s, warnings=tuple(warnings), experts_on_host=on_host,
-                host=host, projector=projector, cache_ram_mib=cache_ram)
+                host=host, projector=projector, cache_ram_mib=cache_ram, speculation=spec,
+                predicted_without_speculation=plain)
 
 
 def _with_projector(devices: list[PlannedDevice], projector: ProjectorFacts | None) -> list[PlannedDevice]:
@@ -357,7 +400,7 @@ def _host_expert_s(p: _Problem, on_host: tuple[int, ...], host: HostMemory) -> f
         return 0.0
     m = p.model
     active = host.expert_bytes * m.n_expert_used / max(1, m.n_expert)
-    return active / (HOST_RAM_GBS * 1e9) + len(on_host) * RPC_FIXED_S
+    return active / (HOST_RAM_GBS * 1e9) + len(on_host) * RPC_STACK_S
 
 
 def _warnings(p: _Problem, mem: DeviceMemory, ctx: int, left_out: list[Slot], on_host: tuple[int, ...],
@@ -365,7 +408,8 @@ def _warnings(p: _Problem, mem: DeviceMemory, ctx: int, left_out: list[Slot], on
     model, opts = p.model, p.opts
     warnings = []
     if left_out and opts.split != "all":
-        everything = best(p.slots, mem, "all", bool(on_host), p.extras) if len(p.slots) <= model.n_layer + 1 else None
+        everything = best(p.slots, mem, "all", bool(on_host), p.extras_at(ctx)) \
+            if len(p.slots) <= model.n_layer + 1 else None
         slower = ""
         if everything:
             t = MASTER_TOKEN_S + predicted_token_s(p.slots, mem, everything[1])
@@ -385,3 +429,20 @@ def _warnings(p: _Problem, mem: DeviceMemory, ctx: int, left_out: list[Slot], on
                         f"(experts, embeddings, prompt cache) but has {host.budget_bytes // MiB} MiB to spare",
                         "lower master.cache_ram_gb, add devices, or set ram_gb if it is wrong")
     return warnings
+
+
+@dataclass(frozen=True)
+class DraftPlacement:
+    """A draft model and where it runs: a slot index, or None for the master's CPU."""
+
+    facts: ModelFacts
+    slot: int | None
+
+    def cache(self, opts: PlanOptions, ctx: int) -> CacheOptions:
+        # the draft context holds as many tokens per sequence as the target's (common/speculative.cpp)
+        return CacheOptions(ctx // opts.parallel, opts.parallel, opts.cache_type_k, opts.cache_type_v, opts.flash_attn)
+
+    def device_bytes(self, opts: PlanOptions, ctx: int) -> int:
+        """Weights, KV and compute of the whole draft model on one device (token embeddings stay on the host)."""
+        mem = DeviceMemory(self.facts, self.cache(opts, ctx))
+        return mem.total(0, mem.n_items, True, 1, mem.peak(0, mem.n_items))

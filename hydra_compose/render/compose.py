@@ -5,6 +5,7 @@ Pure text: nothing here touches the disk except reading templates.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -17,6 +18,7 @@ from .. import vendors
 from ..errors import RenderError
 from ..inventory.config import ClusterConfig, Host
 from ..inventory.topology import Worker, master_bind, master_url, master_vendor, rpc_workers
+from ..planner.fallback import Fallback
 from ..planner.plan import Plan
 from ..vendors.base import ImageSpec, Interpolated
 from . import images
@@ -60,6 +62,7 @@ class ServedModel:
     name: str  # what clients ask for (--alias)
     file: str  # below models/
     mmproj: str | None = None
+    draft: str | None = None  # the speculative draft model (used when a plan speculates with one)
 
 
 def _tag(ref: str) -> str:
@@ -127,21 +130,28 @@ def _worker_service(w: Worker, host: Host, source: BuildSource, cfg: ClusterConf
         "volumes": ["rpc-cache:/cache"],
         # A busy worker never accepts a second client and its accept queue fills up, so
         # connecting would fail under load: check that the port is listening instead.
-        "healthcheck": {"test": ["CMD", "grep", "-qi", f":{w.port:04X} 00000000:0000 0A", "/proc/net/tcp"],
-                        "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "10s"},
+        "healthcheck": {"test": _listening(w.port), "interval": "5s", "timeout": "3s", "retries": 3,
+                        "start_period": "10s"},
         "labels": _labels("worker", host),
     })
     return svc
 
 
-def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: list[Worker],
-                    source: BuildSource, models_rel: str, served: ServedModel) -> dict:
-    vendor = master_vendor(cfg)
-    bind = master_bind(cfg)
-    command = ["-m", f"/models/{served.file}", "--alias", served.name, "--host", bind,
-               "--port", str(cfg.master.port), "--metrics", *plan.llama_server_args()]
+def server_args(cfg: ClusterConfig, plan: Plan, served: ServedModel) -> list[str]:
+    """llama-server's arguments for one plan (the full plan, or a fallback without a host)."""
+    args = ["-m", f"/models/{served.file}", "--alias", served.name, "--host", master_bind(cfg),
+            "--port", str(cfg.master.port), "--metrics", *plan.llama_server_args()]
     if served.mmproj:
-        command += ["--mmproj", f"/models/{served.mmproj}"]
+        args += ["--mmproj", f"/models/{served.mmproj}"]
+    if served.draft and plan.speculation is not None and plan.speculation.mode == "draft":
+        args += ["-md", f"/models/{served.draft}"]
+    return args
+
+
+def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: list[Worker],
+                    source: BuildSource, models_rel: str, served: ServedModel, fallbacks: bool) -> dict:
+    vendor = master_vendor(cfg)
+    command = server_args(cfg, plan, served)
     spec = host_image(host, vendor)
     svc: dict = {"image": _image(spec, "server", source), "build": _build(spec, "server", source, cfg),
                  # the supervisor restarts llama-server when a worker restarts (it never reconnects)
@@ -149,7 +159,10 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
     gpus = [d for d in plan.devices if d.slot.kind == "local"]
     if gpus:
         svc.update(vendors.get(vendor).gpu_access(host, [d.slot.device for d in gpus]))
-    environment = {"LLAMA_ARG_LOG_VERBOSITY": Interpolated("${LLAMA_ARG_LOG_VERBOSITY:-3}")}
+    environment: dict = {"LLAMA_ARG_LOG_VERBOSITY": Interpolated("${LLAMA_ARG_LOG_VERBOSITY:-3}")}
+    if fallbacks:
+        environment.update({"HYDRA_FAILOVER_S": str(cfg.master.failover_s),
+                            "HYDRA_FAILBACK_S": str(cfg.master.failback_s)})
     if cfg.master.api_key:
         environment["LLAMA_API_KEY"] = Interpolated("${LLAMA_API_KEY:?set LLAMA_API_KEY in .env}")
     health = f"{master_url(cfg)}/health"
@@ -157,16 +170,66 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
         "environment": environment,
         "network_mode": "host",
         "restart": "unless-stopped",
-        "volumes": [f"{models_rel}:/models:ro", "./supervise.sh:/hydra/supervise.sh:ro"],
+        "volumes": [f"{models_rel}:/models:ro", "./supervise.sh:/hydra/supervise.sh:ro",
+                    *(["./fallback:/hydra/fallback:ro"] if fallbacks else [])],
         # the URL is an argument of the script, never part of it
         "healthcheck": {"test": ["CMD", "bash", "-c", 'curl -fsS -- "$1" && ! test -e /tmp/hydra-stalled',
                                  "healthcheck", health],
                         "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "300s"},
         "labels": _labels("master", host),
     })
-    if local_workers:
-        svc["depends_on"] = {w.service: {"condition": "service_healthy", "restart": True} for w in local_workers}
+    needs = [w.service for w in local_workers] + (["rpc-tls"] if tls_sections(cfg, host) else [])
+    if needs:
+        svc["depends_on"] = {name: {"condition": "service_healthy", "restart": True} for name in needs}
     return svc
+
+
+TLS_DIR = "/hydra/tls"
+
+
+def _listening(port: int) -> list[str]:
+    # a busy worker never accepts a second client: check that the port listens, not that it answers
+    return ["CMD", "grep", "-qi", f":{port:04X} 00000000:0000 0A", "/proc/net/tcp"]
+
+
+def tls_sections(cfg: ClusterConfig, host: Host) -> list[Worker]:
+    """The TLS links a host terminates: its own workers (server side), or on the master, every
+    tunnelled worker (client side)."""
+    tunnelled = [w for w in rpc_workers(cfg) if w.tls_address]
+    if host.name == cfg.master.host:
+        return tunnelled
+    return [w for w in tunnelled if w.host == host.name]
+
+
+def render_tls_conf(cfg: ClusterConfig, host: Host) -> str:
+    """stunnel's configuration for this host (paths only: the keys are mounted files). TLS 1.3 only,
+    both sides present a certificate of the cluster's CA, the master also checks the worker's name."""
+    master = host.name == cfg.master.host
+    lines = [f"; {HEADER.format(config='cluster.yaml')}",
+             "; mutual TLS on the RPC links: " + ("the master's tunnels to its workers" if master else
+                                                  "this host's workers, reachable only with the cluster's certificate"),
+             "foreground = yes", "pid =", "debug = warning",
+             f"cert = {TLS_DIR}/host.crt", f"key = {TLS_DIR}/host.key", f"CAfile = {TLS_DIR}/ca.crt",
+             "verifyChain = yes", "requireCert = yes", "sslVersionMin = TLSv1.3",
+             # RPC is a stream of small requests: Nagle's delay on either side would cost every round trip
+             "socket = l:TCP_NODELAY=1", "socket = r:TCP_NODELAY=1"]
+    for w in tls_sections(cfg, host):
+        lines += ["", f"[{w.host}-{w.port}]"]
+        if master:
+            lines += ["client = yes", f"accept = {w.address}:{w.port}", f"connect = {w.tls_address}:{w.port}",
+                      f"checkHost = {w.host}"]
+        else:
+            lines += [f"accept = {w.tls_bind}:{w.port}", f"connect = {w.bind}:{w.port}"]
+    return "\n".join(lines) + "\n"
+
+
+def _tls_service(cfg: ClusterConfig, host: Host, image_of: dict) -> dict:
+    first = tls_sections(cfg, host)[0]
+    return {**image_of, "entrypoint": ["stunnel", f"{TLS_DIR}/stunnel.conf"], "network_mode": "host",
+            "restart": "unless-stopped", "volumes": [f"./tls:{TLS_DIR}:ro"],
+            "healthcheck": {"test": _listening(first.port), "interval": "5s", "timeout": "3s", "retries": 3,
+                            "start_period": "10s"},
+            "labels": _labels("tls", host)}
 
 
 def render_notes(cfg: ClusterConfig) -> list[str]:
@@ -183,16 +246,37 @@ def render_notes(cfg: ClusterConfig) -> list[str]:
 
 
 def render_compose(cfg: ClusterConfig, plan: Plan, served: ServedModel, host: Host, config_name: str,
-                   source: BuildSource, models_rel: str) -> str:
+                   source: BuildSource, models_rel: str, fallbacks: bool = False) -> str:
     workers = [w for w in rpc_workers(cfg) if w.host == host.name]
     services = {w.service: _worker_service(w, host, source, cfg) for w in workers}
     if host.name == cfg.master.host:
-        services["llama-server"] = _master_service(cfg, plan, host, workers, source, models_rel, served)
+        services["llama-server"] = _master_service(cfg, plan, host, workers, source, models_rel, served, fallbacks)
+    if tls_sections(cfg, host):  # the same image as the host's first service: stunnel is in every image
+        first = next(iter(services.values()))
+        services["rpc-tls"] = _tls_service(cfg, host, {"image": first["image"], "build": copy.deepcopy(first["build"])})
     doc: dict = {"name": f"{cfg.cluster.name}-{host.name.lower().replace('.', '-')}", "services": services}
     if workers:
         doc["volumes"] = {"rpc-cache": {}}
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
     return f"# {HEADER.format(config=config_name)}\n{body}"
+
+
+def render_fallbacks(cfg: ClusterConfig, fallbacks: list[Fallback], served: ServedModel) -> list[RenderedFile]:
+    """The supervisor's data, one file per lost host (never shell: one llama-server argument per line).
+    NN-HOST[-WORKER].args: a line describing the fallback, then its arguments, best predicted speed
+    first; HOST[-WORKER].nofit: why nothing fits without it."""
+    fitting = sorted((f for f in fallbacks if f.plan is not None), key=lambda f: -f.plan.predicted_tg_tokens_per_s)
+    files = []
+    for i, fb in enumerate(fitting, 1):
+        lines = [f"# {fb.describe()}", *server_args(cfg, fb.plan, served)]
+        if any("\n" in line for line in lines):
+            raise RenderError(f"a llama-server argument of the fallback without {fb.label} spans lines",
+                              "remove line breaks from cluster.yaml and model names")
+        files.append(RenderedFile(f"fallback/{i:02d}-{fb.file_stem}.args", "\n".join(lines) + "\n"))
+    for fb in fallbacks:
+        if fb.plan is None:
+            files.append(RenderedFile(f"fallback/{fb.file_stem}.nofit", f"{fb.describe()}\n"))
+    return files
 
 
 def render_supervisor() -> str:

@@ -44,6 +44,8 @@ class RunResult:
     server_tg_tokens_per_s: float | None
     completion_tokens: int
     stream: int = 0
+    draft_tokens: int | None = None  # speculative decoding: tokens the draft proposed (llama-server's draft_n)
+    draft_accepted: int | None = None  # and how many the target kept (draft_n_accepted)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,13 @@ class BenchResult:
                "pp_tokens_per_s": stats([r.pp_tokens_per_s for r in self.runs if r.pp_tokens_per_s]),
                "server_tg_tokens_per_s": stats([r.server_tg_tokens_per_s for r in self.runs
                                                 if r.server_tg_tokens_per_s])}
+        drafted = sum(r.draft_tokens or 0 for r in self.runs)
+        if drafted:
+            accepted = sum(r.draft_accepted or 0 for r in self.runs)
+            passes = sum(r.completion_tokens for r in self.runs if r.draft_tokens) - accepted
+            out["draft"] = {"drafted": drafted, "accepted": accepted, "acceptance_rate": round(accepted / drafted, 3),
+                            # tokens per target pass, its own included: what plan's `acceptance` means
+                            "acceptance_length": round((passes + accepted) / passes, 2) if passes > 0 else None}
         if self.options.concurrency > 1 and self.wall_s > 0:
             out["aggregate_tokens_per_s"] = round(sum(r.completion_tokens for r in self.runs) / self.wall_s, 2)
         out["errors"] = self.errors
@@ -120,7 +129,8 @@ def run_once(client: httpx.Client, opts: BenchOptions, stream_id: int = 0) -> Ru
     decode = (tokens - 1) / (last - first)
     return RunResult(ttft_s=first - start, tg_tokens_per_s=decode, pp_tokens_per_s=_number(timings.get("prompt_per_second")),
                      server_tg_tokens_per_s=_number(timings.get("predicted_per_second")), completion_tokens=tokens,
-                     stream=stream_id)
+                     stream=stream_id, draft_tokens=_count(timings.get("draft_n")),
+                     draft_accepted=_count(timings.get("draft_n_accepted")))
 
 
 def _chunk(text: str, url: str) -> dict:
@@ -143,6 +153,11 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e12:
         return None
     return float(value)
+
+
+def _count(value: object) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

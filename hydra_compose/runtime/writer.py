@@ -95,6 +95,19 @@ def _changed(out_dir: Path, files: list[RenderedFile], manifest: dict, force: bo
     return changed
 
 
+def _stale(out_dir: Path, files: list[RenderedFile], manifest: dict) -> list[str]:
+    """Fallback plans a previous generate wrote and this one does not (the supervisor reads every
+    file in that folder): removed, unless edited by hand."""
+    new = {f.path for f in files}
+    out = []
+    for rel, digest in manifest.items():
+        target = out_dir / rel
+        if "/fallback/" in f"/{rel}" and rel not in new and target.is_file() and not target.is_symlink():
+            if _digest(target.read_bytes()) == digest:
+                out.append(rel)
+    return out
+
+
 def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[str]:
     """Writes files under out_dir; returns the paths that changed."""
     with _locked(out_dir):
@@ -107,6 +120,7 @@ def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[s
         if not isinstance(manifest, dict):
             manifest = {}
         changed = _changed(out_dir, files, manifest, force)
+        stale = _stale(out_dir, files, manifest)
         _check_target(out_dir, MANIFEST)
         # staging (it holds the API key), moving every file and the manifest, and removing the staging
         # copy happen as one step: Ctrl-C or SIGTERM waits the moment it takes, then stops the command
@@ -122,8 +136,12 @@ def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[s
                     tmp.write_text(f.text)
                     os.chmod(tmp, f.mode)
                 manifest.update({f.path: _digest(f.text.encode()) for f in files})
+                for rel in stale:
+                    manifest.pop(rel, None)
                 (staging / "new" / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
                 _move_all(out_dir, staging, [f.path for f in files] + [MANIFEST])
+                for rel in stale:
+                    (out_dir / rel).unlink(missing_ok=True)
                 for f in files:
                     os.chmod(out_dir / f.path, f.mode)  # a checkout does not keep 0600 on .env
             except OSError as exc:

@@ -295,6 +295,9 @@ class Amd(Vendor):
     label = "AMD"
     bandwidth_by_name = BANDWIDTH_BY_NAME
     bandwidth_by_arch = BANDWIDTH_BY_ARCH
+    decode_efficiency_by_arch = {"gfx906": 0.25, "gfx908": 0.3, "gfx90a": 0.35, "gfx94": 0.35, "gfx103": 0.45,
+                                 "gfx110": 0.5, "gfx115": 0.5, "gfx120": 0.5}
+    default_decode_efficiency = 0.45
     power = staticmethod(amd_power)
     uses_render_nodes = True
 

@@ -187,6 +187,19 @@ class Vendor:
         return []
 
     # speed -------------------------------------------------------------------------------
+    # Share of the datasheet bandwidth llama.cpp's decode kernels reach (small-batch matmuls of
+    # quantized weights), by arch prefix, longest first; published tg figures of common cards:
+    # an RTX 4090 ~0.57, a 3090 ~0.55, a P40 ~0.5, a 7900 XTX ~0.5, an MI50 ~0.25-0.3.
+    decode_efficiency_by_arch: dict[str, float] = {}
+    default_decode_efficiency = 0.5
+
+    def decode_efficiency(self, device: Device) -> float:
+        arch = device.arch or ""
+        for prefix in sorted(self.decode_efficiency_by_arch, key=len, reverse=True):
+            if arch.startswith(prefix):
+                return self.decode_efficiency_by_arch[prefix]
+        return self.default_decode_efficiency
+
     def bandwidth_gbs(self, device: Device) -> float:
         name = name_key(device.name or "")
         for key in sorted(self.bandwidth_by_name, key=len, reverse=True):

@@ -23,6 +23,7 @@ class Cpu(Vendor):
     dockerfile = "cpu"
     is_gpu = False
     label = "CPU"
+    default_decode_efficiency = 1.0  # its per-thread rate below is already what llama.cpp reaches
 
     def arch_error(self, arch: str) -> str | None:
         return "a cpu device has no arch"

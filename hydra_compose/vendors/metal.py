@@ -31,6 +31,7 @@ class Metal(Vendor):
     label = "Metal"
     default_bandwidth_gbs = 100.0
     bandwidth_by_name = BANDWIDTH_BY_NAME
+    default_decode_efficiency = 0.6
 
     def runtime_problem(self, runtime: str, os: str) -> str | None:
         if os != "macos" or runtime != "native":

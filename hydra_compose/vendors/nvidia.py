@@ -190,6 +190,9 @@ class Nvidia(Vendor):
     label = "NVIDIA"
     bandwidth_by_name = BANDWIDTH_BY_NAME
     bandwidth_by_arch = BANDWIDTH_BY_ARCH
+    decode_efficiency_by_arch = {"sm_5": 0.45, "sm_6": 0.5, "sm_7": 0.5, "sm_75": 0.55, "sm_8": 0.57, "sm_9": 0.45,
+                                 "sm_1": 0.55}
+    default_decode_efficiency = 0.55
     power = NvidiaPower
 
     def runtime_problem(self, runtime: str, os: str) -> str | None:

@@ -48,6 +48,7 @@ class Vulkan(Vendor):
     default_bandwidth_gbs = DEFAULT_GBS
     bandwidth_by_name = BANDWIDTH_BY_NAME
     bandwidth_by_arch = BANDWIDTH_BY_ARCH
+    default_decode_efficiency = 0.4
     uses_render_nodes = True
 
     def image(self, host: Host, devices: list[Device]) -> ImageSpec:

@@ -9,7 +9,7 @@ are written here in ggml order (innermost first) like llama.cpp does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +210,7 @@ def _qwen3next_layer(s: ModelShape, il: int) -> Tensors:
     return out + _shared_experts(s, il, s.n_ff_shexp)
 
 
-def _metadata(w: gguf.GGUFWriter, s: ModelShape) -> None:
+def _metadata(w: gguf.GGUFWriter, s: ModelShape, tokenizer: bool = True) -> None:
     a, k = s.arch, gguf.Keys
     w.add_name(s.name)
     w.add_block_count(s.n_layer)
@@ -262,6 +262,8 @@ def _metadata(w: gguf.GGUFWriter, s: ModelShape) -> None:
     if a == "lfm2":
         w.add_shortconv_l_cache(s.shortconv_l_cache)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if s.weight_type == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
+    if not tokenizer:
+        return
     tokens, scores, types = _vocab(s.n_vocab)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -277,21 +279,8 @@ def write_gguf(path: Path, shape: ModelShape, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), shape.arch)
     _metadata(w, shape)
-    e, wt = shape.n_embd, shape.weight_type
-    tensors: Tensors = [("token_embd.weight", (e, shape.n_vocab), wt)]
-    for il in range(shape.n_layer):
-        tensors += _layer(shape, il)
-    tensors.append(("token_embd_norm.weight" if shape.arch == "lfm2" else "output_norm.weight", (e,), "ones"))
-    if not shape.tied_output:
-        tensors.append(("output.weight", (e, shape.n_vocab), wt))
-    for name, dims, kind in tensors:
-        data, raw = _tensor(rng, dims, kind)
-        w.add_tensor(name, data, raw_dtype=raw)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    tensors = _model_tensors(shape)
+    return _finish(w, rng, tensors, path)
 
 
 # The shapes the accuracy tests and bench/plan_accuracy.py run, chosen to differ
@@ -331,3 +320,53 @@ ARCH_SHAPES = (
 
 # The 16-layer model of DESIGN.md's speed measurements (192 MB, GQA 16/4, Q8_0).
 SPEED_SHAPE = ModelShape("speed-16l", n_layer=16, n_embd=1024, n_head=16, n_head_kv=4, n_ff=2816, n_vocab=32000)
+
+
+TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                  "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                  "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id", "tokenizer.chat_template")
+
+
+def write_gguf_with_vocab(path: Path, shape: ModelShape, vocab_from: Path, seed: int = 0) -> Path:
+    """A random-weight model that speaks another model's tokens (its tokenizer copied): a target for
+    that model as speculative draft."""
+    src = gguf.GGUFReader(vocab_from)
+    fields = {k: src.get_field(k) for k in TOKENIZER_KEYS if src.get_field(k) is not None}
+    n_vocab = len(fields["tokenizer.ggml.tokens"].data)
+    shape = ModelShape(**{**shape.__dict__, "n_vocab": n_vocab})
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), shape.arch)
+    _metadata(w, shape, tokenizer=False)
+    for key, fld in fields.items():
+        value = fld.contents()
+        kind = fld.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            w.add_array(key, value)
+        elif kind == gguf.GGUFValueType.STRING:
+            w.add_string(key, value)
+        else:
+            w.add_uint32(key, int(value))
+    tensors = _model_tensors(replace(shape, tied_output=False))
+    return _finish(w, rng, tensors, path)
+
+
+def _model_tensors(shape: ModelShape) -> Tensors:
+    e, wt = shape.n_embd, shape.weight_type
+    tensors: Tensors = [("token_embd.weight", (e, shape.n_vocab), wt)]
+    for il in range(shape.n_layer):
+        tensors += _layer(shape, il)
+    tensors.append(("token_embd_norm.weight" if shape.arch == "lfm2" else "output_norm.weight", (e,), "ones"))
+    if not shape.tied_output:
+        tensors.append(("output.weight", (e, shape.n_vocab), wt))
+    return tensors
+
+
+def _finish(w: gguf.GGUFWriter, rng, tensors: Tensors, path: Path) -> Path:  # noqa: ANN001
+    for name, dims, kind in tensors:
+        data, raw = _tensor(rng, dims, kind)
+        w.add_tensor(name, data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

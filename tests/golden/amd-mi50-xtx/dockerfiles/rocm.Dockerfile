@@ -46,7 +46,7 @@ ARG LLAMA_CPP_REF=b11434
 LABEL io.hydra-compose.llama-cpp-ref="${LLAMA_CPP_REF}" io.hydra-compose.vendor="amd"
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-    libgomp1 curl ca-certificates libstdc++6 \
+    libgomp1 curl ca-certificates stunnel4 libstdc++6 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /app /app
 ENV LD_LIBRARY_PATH=/app/lib LLAMA_CACHE=/cache

@@ -47,7 +47,7 @@ ARG LLAMA_CPP_REF=b11434
 LABEL io.hydra-compose.llama-cpp-ref="${LLAMA_CPP_REF}" io.hydra-compose.vendor="nvidia"
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-    libgomp1 curl ca-certificates \
+    libgomp1 curl ca-certificates stunnel4 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /app /app
 ENV LD_LIBRARY_PATH=/app/lib LLAMA_CACHE=/cache
