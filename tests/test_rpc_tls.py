@@ -162,3 +162,15 @@ def test_tls_on_a_127_0_0_1_worker_host_is_one_line(tmp_path):
     r = run_cli("generate", cwd=proj)
     assert r.returncode == 1 and "rpc_tls" in r.stderr and "Traceback" not in r.stderr
     assert not (proj / "compose").exists() and not (proj / "pki").exists()
+
+
+@pytest.mark.parametrize("rpc_tls, warned", [(None, True), (False, False)])
+def test_native_worker_host_is_named_as_plain(tmp_path, runner, rpc_tls, warned):
+    proj = tls_project(tmp_path, 50052, rpc_tls)
+    raw = yaml.safe_load((proj / "cluster.yaml").read_text())
+    raw["hosts"][1].update(address="10.1.2.3", runtime="native")
+    (proj / "cluster.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    r = invoke(runner, "generate", cwd=proj)
+    assert r.exit_code == 0, r.output
+    assert ("box: a native worker keeps plain RPC" in r.output) == warned
+    assert not (proj / "pki").exists()  # no Docker worker host: nothing to lock with stunnel

@@ -242,6 +242,12 @@ def render_notes(cfg: ClusterConfig) -> list[str]:
             mine = [d for d in host.devices if d.vendor == record.name and any(d is s for s in served)]
             if mine:
                 notes += record.access_notes(host, mine)
+    if cfg.cluster.rpc_tls is not False:  # unset or on: the links are meant to be locked
+        for host in cfg.hosts:
+            if host.runtime == "native" and not host.address.startswith("127.") and \
+                    any(w.host == host.name for w in rpc_workers(cfg)):
+                notes.append(f"{host.name}: a native worker keeps plain RPC (rpc_tls covers Docker hosts): allow its "
+                             f"ports only from the master's address {cfg.master_host.address}")
     return notes
 
 
