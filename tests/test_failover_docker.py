@@ -7,6 +7,7 @@ TLS tunnel. The second host is 127.0.0.2: another address of this machine, its o
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -85,6 +86,12 @@ def test_lost_host_fallback_and_failback(cpu_project, tmp_path):  # noqa: F811
         secrets = [p.read_text().split("-----")[2].strip() for p in keys]
         texts = [f.read_text() for f in (proj / "compose").glob("*/docker-compose.yml")] + [compose_logs(proj)]
         assert not any(secret in text for secret in secrets for text in texts)
+        # calibrate measures the box through its tunnel, like llama-server reaches it
+        r = run_cli("calibrate", "--json", cwd=proj, env=ENV)
+        assert r.returncode == 0, r.stderr
+        links = {link["host"]: link["measured"] for link in json.loads(r.stdout)["links"]}
+        assert links["box"]["rtt_ms"] < 5 and links["box"]["up_gbps"] > 0.1, links
+        assert answers()
 
         # the box is switched off for good: the fallback plan serves within 60 s (failover_s 30)
         lost = time.monotonic()
