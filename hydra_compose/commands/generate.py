@@ -68,8 +68,9 @@ def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
         files.append(RenderedFile(f"compose/{host.name}/.env", render_env(cfg, host, key), mode=0o600))
         if tls_sections(cfg, host):
             files.append(RenderedFile(f"compose/{host.name}/tls/stunnel.conf", render_tls_conf(cfg, host)))
-    if rpc_tls(cfg) and tls_hosts(cfg):
-        files += cluster_certificates(out_dir, cfg.cluster.name, [cfg.master_host, *tls_hosts(cfg)], rotate_certs)
+    tunnelled = tls_hosts(cfg) if rpc_tls(cfg) else []
+    if tunnelled:
+        files += cluster_certificates(out_dir, cfg.cluster.name, [cfg.master_host, *tunnelled], rotate_certs)
     return files
 
 

@@ -101,12 +101,17 @@ def _served_groups(host: Host, skip: set[int]) -> list[tuple[int, tuple[Device, 
     return sorted(grouped + singles, key=lambda g: g[0])
 
 
+def loopback(address: str) -> bool:
+    """An address only this machine reaches (127.0.0.0/8)."""
+    return address.startswith("127.")
+
+
 def rpc_tls(cfg: ClusterConfig) -> bool:
     """Whether the RPC links to other Docker hosts are TLS tunnels (cluster.rpc_tls; unset: when a
     worker host is reachable from outside this machine)."""
     if cfg.cluster.rpc_tls is not None:
         return cfg.cluster.rpc_tls
-    return any(not h.address.startswith("127.") for h in tls_hosts(cfg))
+    return any(not loopback(h.address) for h in tls_hosts(cfg))
 
 
 def tls_hosts(cfg: ClusterConfig) -> list[Host]:

@@ -17,7 +17,7 @@ import yaml
 from .. import vendors
 from ..errors import RenderError
 from ..inventory.config import ClusterConfig, Host
-from ..inventory.topology import Worker, master_bind, master_url, master_vendor, rpc_workers
+from ..inventory.topology import Worker, loopback, master_bind, master_url, master_vendor, rpc_workers
 from ..planner.fallback import Fallback
 from ..planner.plan import Plan
 from ..vendors.base import ImageSpec, Interpolated
@@ -243,9 +243,9 @@ def render_notes(cfg: ClusterConfig) -> list[str]:
             if mine:
                 notes += record.access_notes(host, mine)
     if cfg.cluster.rpc_tls is not False:  # unset or on: the links are meant to be locked
+        serving = {w.host for w in rpc_workers(cfg)}
         for host in cfg.hosts:
-            if host.runtime == "native" and not host.address.startswith("127.") and \
-                    any(w.host == host.name for w in rpc_workers(cfg)):
+            if host.runtime == "native" and not loopback(host.address) and host.name in serving:
                 notes.append(f"{host.name}: a native worker keeps plain RPC (rpc_tls covers Docker hosts): allow its "
                              f"ports only from the master's address {cfg.master_host.address}")
     return notes
