@@ -174,3 +174,16 @@ def test_native_worker_host_is_named_as_plain(tmp_path, runner, rpc_tls, warned)
     assert r.exit_code == 0, r.output
     assert ("box: a native worker keeps plain RPC" in r.output) == warned
     assert not (proj / "pki").exists()  # no Docker worker host: nothing to lock with stunnel
+
+
+def test_unreadable_ca_is_one_line_and_nothing_changes(tmp_path, runner):
+    from conftest import run_cli
+
+    proj = tls_project(tmp_path, 50052)
+    assert invoke(runner, "generate", cwd=proj).exit_code == 0
+    (proj / "pki" / "ca.key").write_text("not a key\n")
+    before = {p: p.read_bytes() for p in proj.rglob("*") if p.is_file()}
+    r = run_cli("generate", cwd=proj)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "ca.crt or its key cannot be read" in r.stderr and "--rotate-certs" in r.stderr
+    assert {p: p.read_bytes() for p in proj.rglob("*") if p.is_file()} == before
