@@ -122,12 +122,19 @@ def generate(model: Optional[str] = _MODEL,
              split: Optional[str] = _SPLIT, experts: Optional[str] = _EXPERTS,
              speculative: Optional[str] = _SPEC,
              rotate_certs: bool = typer.Option(False, "--rotate-certs", help="With rpc_tls: a new cluster CA and "
-                                                                             "new host certificates.")) -> None:
-    """Write dockerfiles/ and compose/<host>/docker-compose.yml for every host."""
+                                                                             "new host certificates."),
+             target: Optional[str] = typer.Option(None, "--target", help="compose (a compose file per host) or "
+                                                  "kubernetes (k8s/ for kubectl apply -k); default: cluster.target.")
+             ) -> None:
+    """Write dockerfiles/ and compose/<host>/docker-compose.yml for every host (or k8s/ for Kubernetes)."""
     from .commands import generate as cmd
 
+    from .errors import UsageError
+
     overrides = _plan_overrides(ctx, parallel, cache_type_k, cache_type_v, flash_attn, split, experts, speculative)
-    present.generate(cmd.run(_project(), model, out, force, rotate_certs, **overrides))
+    if target is not None and target not in ("compose", "kubernetes"):
+        raise UsageError(f"--target {target} is unknown", "use compose or kubernetes")
+    present.generate(cmd.run(_project(), model, out, force, rotate_certs, target, **overrides))
 
 
 @app.command("inspect")

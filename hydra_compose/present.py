@@ -199,8 +199,11 @@ def generate(r) -> None:  # noqa: ANN001 - commands.generate.GenerateResult
             f"predicted {r.plan.predicted_tg_tokens_per_s:.0f} tok/s", markup=False)
     for fb in r.fallbacks:
         o.print(f"fallback {shown(fb.describe())}", markup=False)
-    o.print("next, on each host: docker compose -f compose/<host>/docker-compose.yml up -d --build "
-            "(workers' hosts first)", markup=False)
+    if r.target == "kubernetes":
+        o.print("next: sh k8s/build-images.sh (on a machine with Docker), then kubectl apply -k k8s/", markup=False)
+    else:
+        o.print("next, on each host: docker compose -f compose/<host>/docker-compose.yml up -d --build "
+                "(workers' hosts first)", markup=False)
 
 
 # inspect ---------------------------------------------------------------------------------

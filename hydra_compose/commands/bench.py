@@ -24,7 +24,12 @@ def master_api_key(project: Project) -> str | None:
     """The cluster's key from the master's .env; registered so no printed line can show it."""
     from .generate import existing_key
 
-    key = existing_key(project.root / "compose" / project.config.master.host / ".env")
+    if project.config.cluster.target == "kubernetes":
+        from ..render.kubernetes import API_KEY_FILE, OUT
+
+        key = existing_key(project.root / OUT / API_KEY_FILE)
+    else:
+        key = existing_key(project.root / "compose" / project.config.master.host / ".env")
     if key:
         redact(key)
     return key

@@ -16,6 +16,7 @@ from ..render.compose import (HEADER, RenderedFile, ServedModel, build_source, r
                               render_env, render_fallbacks, render_notes, render_supervisor, render_tls_conf,
                               tls_sections)
 from ..runtime.pki import cluster_certificates
+from ..render import kubernetes
 from ..render.native import render_native
 from ..runtime.writer import write_files
 from .context import Project
@@ -30,6 +31,7 @@ class GenerateResult:
     changed: tuple[str, ...]
     warnings: tuple[str, ...] = ()  # the plan's, then the images' and the device access's
     fallbacks: tuple[Fallback, ...] = ()  # one per worker host the master can lose
+    target: str = "compose"
 
 
 def existing_key(env_file: Path) -> str | None:
@@ -41,16 +43,22 @@ def existing_key(env_file: Path) -> str | None:
     return None
 
 
+def _native_files(project: Project, host) -> list[RenderedFile]:  # noqa: ANN001 - a native Host
+    header = HEADER.format(config=project.config_path.name)
+    return [RenderedFile(p, text, mode)
+            for p, text, mode in render_native(project.config, host, header, project.root / "templates")]
+
+
 def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
                fallbacks: list[Fallback] = (), rotate_certs: bool = False) -> list[RenderedFile]:
     cfg = project.config
     config_name = os.path.relpath(project.config_path.resolve(), out_dir.resolve())
     files = render_dockerfiles(cfg, project.config_path.name, project.root / "templates")
-    templates = project.root / "templates"
+    if cfg.cluster.target == "kubernetes":
+        return files + render_pods(project, out_dir, served, plan, fallbacks, rotate_certs)
     for host in cfg.hosts:
         if host.runtime == "native":
-            header = HEADER.format(config=project.config_path.name)
-            files += [RenderedFile(p, text, mode) for p, text, mode in render_native(cfg, host, header, templates)]
+            files += _native_files(project, host)
             continue
         compose_dir = out_dir / "compose" / host.name
         source = build_source(cfg, out_dir.resolve(), project.root, compose_dir.resolve())
@@ -74,8 +82,34 @@ def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
     return files
 
 
+def render_pods(project: Project, out_dir: Path, served: ServedModel, plan: Plan, fallbacks: list[Fallback],
+                rotate_certs: bool) -> list[RenderedFile]:
+    """k8s/ (and native hosts' services, which the master pod dials at their addresses), the API key
+    file and the TLS keys kustomize turns into Secrets."""
+    cfg = project.config
+    k8s_dir = out_dir / kubernetes.OUT
+    config_name = os.path.relpath(project.config_path.resolve(), k8s_dir.resolve())
+    source = build_source(cfg, out_dir.resolve(), project.root, k8s_dir.resolve())
+    files = kubernetes.render_kubernetes(cfg, plan, served, list(fallbacks), source, config_name, render_supervisor())
+    for host in cfg.hosts:
+        if host.runtime == "native":
+            files += _native_files(project, host)
+    if cfg.master.api_key:
+        key_file = k8s_dir / kubernetes.API_KEY_FILE
+        key = existing_key(key_file) or secrets.token_urlsafe(32)
+        files.append(RenderedFile(f"{kubernetes.OUT}/{kubernetes.API_KEY_FILE}", f"LLAMA_API_KEY={key}\n", 0o600))
+    tls = kubernetes.tls_hosts_for_pods(cfg)
+    if tls:
+        files += cluster_certificates(out_dir, cfg.cluster.name, tls, rotate_certs, f"{kubernetes.OUT}/tls/{{host}}")
+    return files
+
+
 def run(project: Project, model: str | None, out_dir: Path | None, force: bool, rotate_certs: bool = False,
-        **overrides: object) -> GenerateResult:
+        target: str | None = None, **overrides: object) -> GenerateResult:
+    if target and target != project.config.cluster.target:  # --target: this run only
+        cfg = project.config
+        project = Project(project.config_path, cfg.model_copy(update={
+            "cluster": cfg.cluster.model_copy(update={"target": target})}))
     name, entry = project.model_entry(model)
     facts = project.model_facts(entry)
     opts = PlanOptions.from_entry(entry, **overrides)
@@ -86,5 +120,7 @@ def run(project: Project, model: str | None, out_dir: Path | None, force: bool, 
     files = render_all(project, out, ServedModel(name, entry.file, entry.mmproj, entry.draft), plan, fallbacks,
                        rotate_certs)
     changed = write_files(out, files, force)
+    notes = kubernetes.render_notes(project.config) if project.config.cluster.target == "kubernetes" else \
+        render_notes(project.config)
     return GenerateResult(out, name, plan, tuple(f.path for f in files), tuple(changed),
-                          (*plan.warnings, *render_notes(project.config)), tuple(fallbacks))
+                          (*plan.warnings, *notes), tuple(fallbacks), project.config.cluster.target)

@@ -103,6 +103,8 @@ def _worker_rows(project: Project, all_stacks: dict, services: dict, running: di
 
 def run(project: Project, api_key: str | None) -> StatusResult:
     cfg = project.config
+    if cfg.cluster.target == "kubernetes":
+        return _pods(project, api_key)
     all_stacks = {s.host.name: s for s in stacks(project)}
     # one compose-file read and one `docker compose ps` per host, not per worker
     services = {name: compose_services(s) for name, s in all_stacks.items()}
@@ -159,6 +161,23 @@ def run(project: Project, api_key: str | None) -> StatusResult:
     master = MasterStatus(host=cfg.master.host, port=cfg.master.port, url=url, state=state, health=health,
                           **{"healthy": False, **fields})
     return StatusResult(master, tuple(workers), tuple(warnings))
+
+
+def _pods(project: Project, api_key: str | None) -> StatusResult:
+    """On Kubernetes: the master as its Service answers (the pods themselves are kubectl's to show);
+    workers as planned, reachable only from inside the cluster."""
+    from ..render.kubernetes import k8s_workers, namespace, service_dns
+
+    cfg = project.config
+    url = master_url(cfg)
+    fields = master_answers(url, auth_headers(api_key))
+    warnings = [] if fields.get("healthy") else [
+        f"master {url} is not healthy: see kubectl -n {namespace(cfg)} get pods, and describe the one not Ready"]
+    workers = tuple(WorkerStatus(w.host, w.service, f"{service_dns(cfg, w)}:{w.port}", "pod", "kubernetes", None,
+                                 bool(fields.get("healthy")), None) for w in k8s_workers(cfg))
+    master = MasterStatus(host=cfg.master.host, port=cfg.master.port, url=url, state="kubernetes", health=None,
+                          **{"healthy": False, **fields})
+    return StatusResult(master, workers, tuple(warnings))
 
 
 def master_answers(url: str, headers: dict) -> dict:

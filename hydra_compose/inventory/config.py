@@ -70,6 +70,8 @@ class ClusterSection(Strict):
     # mutual TLS on the RPC links to other Docker hosts (stunnel beside each worker and the master);
     # unset: on when a worker host has an address outside 127.0.0.0/8
     rpc_tls: bool | None = None
+    # what generate writes: a compose file per host (default), or manifests for one Kubernetes cluster (k8s/)
+    target: Literal["compose", "kubernetes"] = "compose"
 
     @field_validator("name")
     @classmethod
@@ -89,6 +91,33 @@ class MasterSection(Strict):
     # this long (and no slot busy): back to the full plan
     failover_s: Annotated[int, Field(ge=5, le=3600)] = 30
     failback_s: Annotated[int, Field(ge=5, le=86400)] = 60
+
+
+NodeName = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")]
+
+
+class KubernetesSection(Strict):
+    """generate --target kubernetes: where the cluster's pods go and where their images come from."""
+
+    namespace: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")] | None = None  # default: cluster.name
+    # prefix of every image name (push there with k8s/build-images.sh), e.g. registry.lan:5000
+    image_registry: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.:_/-]{0,199}$")] | None = None
+    models_path: Annotated[str, AfterValidator(safe_values.local_path)] = "/var/lib/hydra-compose/models"
+    nodes: dict[str, NodeName] = {}  # host name -> its node name (kubernetes.io/hostname), where they differ
+    storage_class: NodeName | None = None  # of the workers' tensor-cache volumes; default: the cluster's
+    # vendor -> RuntimeClass its GPU pods need (k3s with the NVIDIA container toolkit: {nvidia: nvidia})
+    runtime_classes: dict[Literal[vendors.NAMES], NodeName] = {}  # type: ignore[valid-type]
+    # how clients reach llama-server: LoadBalancer (k3s's ServiceLB and MetalLB answer on the node's
+    # address, so status and bench reach the master host's address:port), NodePort or ClusterIP
+    service_type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = "LoadBalancer"
+    api_url: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.:\[\]-]{1,200}(/[A-Za-z0-9._~/-]{0,200})?$")] | None = None
+
+    @field_validator("models_path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("give the absolute path of models/ on the master's node (a hostPath volume)")
+        return v
 
 
 Stamp = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
@@ -278,6 +307,7 @@ class ClusterConfig(Strict):
     master: MasterSection
     hosts: list[Host]
     models: dict[Annotated[str, AfterValidator(safe_values.model_name)], ModelEntry] = {}
+    kubernetes: KubernetesSection = KubernetesSection()
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:
@@ -290,6 +320,9 @@ class ClusterConfig(Strict):
         if self.master_host.runtime != "docker":
             raise ValueError(f"master.host {self.master.host!r} has runtime: native; llama-server runs in Docker "
                              "under its supervisor: choose a Docker host as master (native hosts serve workers)")
+        unknown = [n for n in self.kubernetes.nodes if n not in {h.name for h in self.hosts}]
+        if unknown:
+            raise ValueError(f"kubernetes.nodes names {unknown[0]!r}, which is not one of the hosts")
         defaults = [n for n, m in self.models.items() if m.default]
         if len(defaults) > 1:
             raise ValueError(f"models {', '.join(defaults)} are all marked default; mark one")

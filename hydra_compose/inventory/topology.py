@@ -30,6 +30,7 @@ class Worker:
     ordinal: int  # position among this host's workers
     tls_address: str | None = None  # rpc_tls: the host's address, where its TLS terminator listens
     tls_bind: str | None = None  # ...and what that terminator binds
+    local_port: int | None = None  # where the worker listens behind its terminator, when not port (a pod)
 
     @property
     def reach(self) -> str:
@@ -75,7 +76,10 @@ def master_bind(cfg: ClusterConfig) -> str:
 
 
 def master_url(cfg: ClusterConfig) -> str:
-    """Where the master answers; a wildcard bind is reached on loopback."""
+    """Where the master answers; a wildcard bind is reached on loopback. On Kubernetes: its Service
+    (kubernetes.api_url, else the master node's address, where a LoadBalancer/NodePort answers)."""
+    if cfg.cluster.target == "kubernetes":
+        return (cfg.kubernetes.api_url or f"http://{cfg.master_host.address}:{cfg.master.port}").rstrip("/")
     bind = master_bind(cfg)
     return f"http://{'127.0.0.1' if bind == '0.0.0.0' else bind}:{cfg.master.port}"
 

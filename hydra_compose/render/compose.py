@@ -91,7 +91,7 @@ def build_source(cfg: ClusterConfig, out_dir: Path, config_dir: Path, compose_di
     return BuildSource(str(tree), str(dockerfiles.resolve()), True, src.ref or f"local-{tree.name}")
 
 
-def _build(spec: ImageSpec, target: str, source: BuildSource, cfg: ClusterConfig) -> dict:
+def build_spec(spec: ImageSpec, target: str, source: BuildSource, cfg: ClusterConfig) -> dict:
     args = {"LLAMA_CPP_REF": source.ref_label}
     if source.from_context:
         args["LLAMA_CPP_SOURCE"] = "context"
@@ -102,7 +102,7 @@ def _build(spec: ImageSpec, target: str, source: BuildSource, cfg: ClusterConfig
     return {"context": source.context, "dockerfile": dockerfile, "target": target, "args": args}
 
 
-def _image(spec: ImageSpec, target: str, source: BuildSource) -> str:
+def image_name(spec: ImageSpec, target: str, source: BuildSource) -> str:
     tag = f"{_tag(source.ref_label)}-{spec.tag}-{target}"
     if len(tag) > MAX_TAG:  # many targets: keep the name readable and unique
         digest = hashlib.sha1(spec.tag.encode()).hexdigest()[:12]
@@ -121,7 +121,7 @@ def _worker_service(w: Worker, host: Host, source: BuildSource, cfg: ClusterConf
     if w.backend_devices:  # one server for several GPUs
         command += ["-d", ",".join(w.backend_devices)]
     command.append("-c")
-    svc: dict = {"image": _image(spec, "rpc", source), "build": _build(spec, "rpc", source, cfg)}
+    svc: dict = {"image": image_name(spec, "rpc", source), "build": build_spec(spec, "rpc", source, cfg)}
     svc.update(record.gpu_access(host, list(w.devices)))
     svc.update({
         "command": command,
@@ -137,10 +137,16 @@ def _worker_service(w: Worker, host: Host, source: BuildSource, cfg: ClusterConf
     return svc
 
 
-def server_args(cfg: ClusterConfig, plan: Plan, served: ServedModel) -> list[str]:
-    """llama-server's arguments for one plan (the full plan, or a fallback without a host)."""
-    args = ["-m", f"/models/{served.file}", "--alias", served.name, "--host", master_bind(cfg),
-            "--port", str(cfg.master.port), "--metrics", *plan.llama_server_args()]
+def server_args(cfg: ClusterConfig, plan: Plan, served: ServedModel, bind: str | None = None,
+                endpoints: dict[str, str] | None = None) -> list[str]:
+    """llama-server's arguments for one plan (the full plan, or a fallback without a host).
+    bind and endpoints (--rpc entry -> what to dial instead) serve other targets (a pod's network)."""
+    planned = plan.llama_server_args()
+    if endpoints and "--rpc" in planned:
+        i = planned.index("--rpc") + 1
+        planned[i] = ",".join(endpoints.get(e, e) for e in planned[i].split(","))
+    args = ["-m", f"/models/{served.file}", "--alias", served.name, "--host", bind or master_bind(cfg),
+            "--port", str(cfg.master.port), "--metrics", *planned]
     if served.mmproj:
         args += ["--mmproj", f"/models/{served.mmproj}"]
     if served.draft and plan.speculation is not None and plan.speculation.mode == "draft":
@@ -153,7 +159,7 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
     vendor = master_vendor(cfg)
     command = server_args(cfg, plan, served)
     spec = host_image(host, vendor)
-    svc: dict = {"image": _image(spec, "server", source), "build": _build(spec, "server", source, cfg),
+    svc: dict = {"image": image_name(spec, "server", source), "build": build_spec(spec, "server", source, cfg),
                  # the supervisor restarts llama-server when a worker restarts (it never reconnects)
                  "entrypoint": ["/bin/bash", "/hydra/supervise.sh"], "command": command}
     gpus = [d for d in plan.devices if d.slot.kind == "local"]
@@ -201,9 +207,10 @@ def tls_sections(cfg: ClusterConfig, host: Host) -> list[Worker]:
     return [w for w in tunnelled if w.host == host.name]
 
 
-def render_tls_conf(cfg: ClusterConfig, host: Host) -> str:
+def render_tls_conf(cfg: ClusterConfig, host: Host, links: list[Worker] | None = None) -> str:
     """stunnel's configuration for this host (paths only: the keys are mounted files). TLS 1.3 only,
-    both sides present a certificate of the cluster's CA, the master also checks the worker's name."""
+    both sides present a certificate of the cluster's CA, the master also checks the worker's name.
+    links: the host's tls_sections with other addresses (a pod network's), by default as planned."""
     master = host.name == cfg.master.host
     lines = [f"; {HEADER.format(config='cluster.yaml')}",
              "; mutual TLS on the RPC links: " + ("the master's tunnels to its workers" if master else
@@ -213,13 +220,13 @@ def render_tls_conf(cfg: ClusterConfig, host: Host) -> str:
              "verifyChain = yes", "requireCert = yes", "sslVersionMin = TLSv1.3",
              # RPC is a stream of small requests: Nagle's delay on either side would cost every round trip
              "socket = l:TCP_NODELAY=1", "socket = r:TCP_NODELAY=1"]
-    for w in tls_sections(cfg, host):
+    for w in tls_sections(cfg, host) if links is None else links:
         lines += ["", f"[{w.host}-{w.port}]"]
         if master:
             lines += ["client = yes", f"accept = {w.address}:{w.port}", f"connect = {w.tls_address}:{w.port}",
                       f"checkHost = {w.host}"]
         else:
-            lines += [f"accept = {w.tls_bind}:{w.port}", f"connect = {w.bind}:{w.port}"]
+            lines += [f"accept = {w.tls_bind}:{w.port}", f"connect = {w.bind}:{w.local_port or w.port}"]
     return "\n".join(lines) + "\n"
 
 
@@ -267,14 +274,15 @@ def render_compose(cfg: ClusterConfig, plan: Plan, served: ServedModel, host: Ho
     return f"# {HEADER.format(config=config_name)}\n{body}"
 
 
-def render_fallbacks(cfg: ClusterConfig, fallbacks: list[Fallback], served: ServedModel) -> list[RenderedFile]:
+def render_fallbacks(cfg: ClusterConfig, fallbacks: list[Fallback], served: ServedModel, bind: str | None = None,
+                     endpoints: dict[str, str] | None = None) -> list[RenderedFile]:
     """The supervisor's data, one file per lost host (never shell: one llama-server argument per line).
     NN-HOST[-WORKER].args: a line describing the fallback, then its arguments, best predicted speed
     first; HOST[-WORKER].nofit: why nothing fits without it."""
     fitting = sorted((f for f in fallbacks if f.plan is not None), key=lambda f: -f.plan.predicted_tg_tokens_per_s)
     files = []
     for i, fb in enumerate(fitting, 1):
-        lines = [f"# {fb.describe()}", *server_args(cfg, fb.plan, served)]
+        lines = [f"# {fb.describe()}", *server_args(cfg, fb.plan, served, bind, endpoints)]
         if any("\n" in line for line in lines):
             raise RenderError(f"a llama-server argument of the fallback without {fb.label} spans lines",
                               "remove line breaks from cluster.yaml and model names")

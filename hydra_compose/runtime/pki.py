@@ -101,8 +101,9 @@ def _new_host(host: Host, ca: _Pair) -> _Pair:
     return _Pair(cert, key)
 
 
-def cluster_certificates(out_dir: Path, cluster: str, hosts: list[Host], rotate: bool) -> list[RenderedFile]:
-    """pki/ca.{crt,key} and compose/<host>/tls/{ca.crt,host.crt,host.key} for these hosts: the ones on
+def cluster_certificates(out_dir: Path, cluster: str, hosts: list[Host], rotate: bool,
+                         tls_dir: str = "compose/{host}/tls") -> list[RenderedFile]:
+    """pki/ca.{crt,key} and <tls_dir>/{ca.crt,host.crt,host.key} for these hosts: the ones on
     disk when still valid for this CA, host name and address (and not rotating), else new ones."""
     ca_dir = out_dir / CA_DIR
     ca = None if rotate else _load(ca_dir / "ca.crt", ca_dir / "ca.key")
@@ -116,11 +117,12 @@ def cluster_certificates(out_dir: Path, cluster: str, hosts: list[Host], rotate:
     files = [RenderedFile(f"{CA_DIR}/ca.crt", _pem_cert(ca.cert)),
              RenderedFile(f"{CA_DIR}/ca.key", _pem_key(ca.key), 0o600)]
     for host in hosts:
-        tls = out_dir / "compose" / host.name / "tls"
+        rel = tls_dir.format(host=host.name)
+        tls = out_dir / rel
         pair = None if fresh else _load(tls / "host.crt", tls / "host.key")
         if pair is None or not _issued_by(pair, ca, host):
             pair = _new_host(host, ca)
-        files += [RenderedFile(f"compose/{host.name}/tls/ca.crt", _pem_cert(ca.cert)),
-                  RenderedFile(f"compose/{host.name}/tls/host.crt", _pem_cert(pair.cert)),
-                  RenderedFile(f"compose/{host.name}/tls/host.key", _pem_key(pair.key), 0o600)]
+        files += [RenderedFile(f"{rel}/ca.crt", _pem_cert(ca.cert)),
+                  RenderedFile(f"{rel}/host.crt", _pem_cert(pair.cert)),
+                  RenderedFile(f"{rel}/host.key", _pem_key(pair.key), 0o600)]
     return files

@@ -60,6 +60,10 @@ def stacks(project, hosts: list[str] | None = None, act: bool = False) -> list[S
     """The Docker hosts' stacks in start order: hosts with only workers first, the master's host last.
     act: the caller changes them, so a host must be this machine or reachable through ssh:."""
     cfg = project.config
+    if cfg.cluster.target == "kubernetes":
+        raise ClusterError("cluster.target is kubernetes: its pods are Kubernetes', not docker compose's",
+                           "use kubectl (apply -k k8s/, -n NAMESPACE get pods / logs / rollout restart "
+                           "deployment/llama-server); status and bench work against the Service")
     names = {h.name for h in cfg.hosts}
     for name in hosts or []:
         if name not in names:

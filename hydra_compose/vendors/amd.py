@@ -331,6 +331,9 @@ class Amd(Vendor):
         borrow = any(dict(s.build_args).get("ROCBLAS_KERNEL_TARGETS") for s in specs)
         return {"gpu_targets": ";".join(first.archs), "borrow_kernels": borrow}
 
+    def k8s_resource(self, device: Device) -> str | None:
+        return "amd.com/gpu"  # AMD's k8s-device-plugin (ROCm)
+
     def gpu_access(self, host: Host, devices: list[Device]) -> dict:
         if host.amd_cdi:  # the AMD container toolkit's CDI spec names every GPU
             return {"devices": [f"amd.com/gpu={d.index or 0}" for d in devices]}

@@ -174,6 +174,10 @@ class Vendor:
         """Compose keys that hand these devices of the host to a container."""
         return {}
 
+    def k8s_resource(self, device: Device) -> str | None:
+        """The extended resource a Kubernetes device plugin offers this device as (None: no plugin, a CPU)."""
+        return None
+
     def access_notes(self, host: Host, devices: list[Device]) -> list[str]:
         """What generate should warn about how these devices reach their container."""
         return []

@@ -228,6 +228,9 @@ class Nvidia(Vendor):
     def template_context(self, first: ImageSpec, specs: list[ImageSpec]) -> dict:
         return {"cuda_version": first.release, "cuda_architectures": ";".join(first.archs)}
 
+    def k8s_resource(self, device: Device) -> str | None:
+        return "nvidia.com/gpu"  # NVIDIA's device plugin / GPU Operator
+
     def gpu_access(self, host: Host, devices: list[Device]) -> dict:
         return {"deploy": {"resources": {"reservations": {"devices": [
             {"driver": "nvidia", "device_ids": [str(d.index or 0) for d in devices], "capabilities": ["gpu"]}]}}}}

@@ -61,6 +61,12 @@ class Vulkan(Vendor):
         archive = {"linux": "llama-{ref}-bin-ubuntu-vulkan-x64.tar.gz", "windows": "llama-{ref}-bin-win-vulkan-x64.zip"}
         return NativeBuild((archive[host.os],), "-DGGML_VULKAN=ON")
 
+    def k8s_resource(self, device: Device) -> str | None:
+        # AMD cards without ROCm kernels come through AMD's plugin (it hands over /dev/dri too);
+        # Intel cards through Intel's GPU plugin (i915 driver)
+        amd = (device.arch or "").startswith("gfx") or any(k in (device.name or "").lower() for k in ("radeon", "rx "))
+        return "amd.com/gpu" if amd else "gpu.intel.com/i915"
+
     def gpu_access(self, host: Host, devices: list[Device]) -> dict:
         return {"devices": [f"/dev/dri/{render_node(d)}" for d in devices],
                 "group_add": gid_groups(host)}

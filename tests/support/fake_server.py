@@ -13,13 +13,38 @@ from pathlib import Path
 class FakeLlama:
     def __init__(self, state: Path | None = None, fail_after: int | None = None, delay_s: float = 0.0) -> None:
         self.state, self.fail_after, self.delay_s, self.requests = state, fail_after, delay_s, 0
+        self.require_key: str | None = None  # like llama-server --api-key: everything but /health needs it
+        self.authorized = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a):  # noqa: ANN002
                 pass
 
+            def _denied(self) -> bool:
+                if outer.require_key is None or self.path == "/health":
+                    return False
+                if self.headers.get("Authorization") == f"Bearer {outer.require_key}":
+                    outer.authorized += 1
+                    return False
+                self.send_response(401)
+                self.end_headers()
+                return True
+
+            def do_GET(self):  # noqa: N802
+                if self._denied():
+                    return
+                pages = {"/health": b'{"status": "ok"}', "/v1/models": b'{"data": [{"id": "smollm2"}]}',
+                         "/slots": b'[{"id": 0, "is_processing": false}]',
+                         "/metrics": b"llamacpp:predicted_tokens_seconds 42.5\n"}
+                page = pages.get(self.path)
+                self.send_response(200 if page else 404)
+                self.end_headers()
+                self.wfile.write(page or b"")
+
             def do_POST(self):  # noqa: N802
+                if self._denied():
+                    return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests += 1
                 if outer.fail_after is not None and outer.requests > outer.fail_after:
