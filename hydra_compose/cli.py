@@ -250,6 +250,10 @@ def _optional_project():  # noqa: ANN202
     return _project() if config_path(_state["config"]).exists() else None
 
 
+_LEVELS = typer.Option("1", "--concurrency", help="Parallel streams (for --parallel slots); several, e.g. 1,4,8, "
+                                                 "sweep them: throughput and p99 latency per level.")
+
+
 def _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout):  # noqa: ANN001, ANN202
     from .commands import bench as cmd
 
@@ -266,24 +270,29 @@ def _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, tim
 
 @bench_app.callback()
 def bench(ctx: typer.Context, url: Optional[str] = _URL, model: Optional[str] = _BMODEL, runs: int = _RUNS,
-          max_tokens: int = _MAXT, prompt_tokens: int = _PTOK, concurrency: int = _CONC, timeout: float = _TIMEOUT,
+          max_tokens: int = _MAXT, prompt_tokens: int = _PTOK, concurrency: str = _LEVELS, timeout: float = _TIMEOUT,
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (versioned)."),
-          out: Optional[Path] = typer.Option(None, "--out", help="Write bench.json and bench.csv here.")) -> None:
-    """Stream long generations and report TTFT, decode and prompt tok/s (client and server)."""
+          out: Optional[Path] = typer.Option(None, "--out", help="Write bench.json and bench.csv here (and with "
+                                             "several --concurrency levels latency.csv and a plot).")) -> None:
+    """Stream long generations: TTFT, decode and prompt tok/s (client and server), p50/p90/p99 latency."""
     if ctx.invoked_subcommand:
         return
     from .commands import bench as cmd
 
-    opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, concurrency, timeout)
-    with present.progress(f"{opts.model} @ {opts.url}", runs * concurrency, hidden=as_json) as advance:
-        result = cmd.run(opts, advance)
-    if out and result.runs:
-        cmd.write_bench(result, out)
+    levels = cmd.parse_levels(concurrency)
+    opts = _bench_options(url, model, runs, max_tokens, prompt_tokens, levels[0], timeout)
+    with present.progress(f"{opts.model} @ {opts.url}", runs * sum(levels), hidden=as_json) as advance:
+        results = cmd.run_levels(opts, levels, advance)
+    if out and all(r.runs for r in results):
+        cmd.write_bench(results, out)
     if as_json:
-        present.print_json(result.to_json())
+        present.print_json(results[0].to_json() if len(results) == 1 else cmd.sweep_json(results))
     else:
-        present.bench(result)
-    cmd.check_runs(result)
+        for r in results:
+            present.bench(r)
+        if len(results) > 1:
+            present.bench_levels([r.level() for r in results])
+    cmd.check_all(results)
 
 
 @bench_app.command("power-sweep")

@@ -275,10 +275,22 @@ def bench(result) -> None:  # noqa: ANN001 - runtime.benchmark.BenchResult
     o.print(f"decode tok/s median {tg['median']} (min {tg['min']}, max {tg['max']}); errors {result.errors}"
             + (f"; aggregate {summary['aggregate_tokens_per_s']} tok/s" if "aggregate_tokens_per_s" in summary else ""),
             markup=False)
+    ttft, itl = summary["ttft_ms"], summary["itl_ms"]
+    o.print(f"latency ms: TTFT p50 {ttft['p50']} p90 {ttft['p90']} p99 {ttft['p99']}; inter-token p50 {itl['p50']} "
+            f"p90 {itl['p90']} p99 {itl['p99']}", markup=False)
     if "draft" in summary:
         d = summary["draft"]
         o.print(f"speculative decoding: {d['accepted']} of {d['drafted']} drafted tokens accepted "
                 f"({100 * d['acceptance_rate']:.0f} %), {d['acceptance_length']} tokens per target pass", markup=False)
+
+
+def bench_levels(levels: list[dict]) -> None:
+    table = _table("streams", "aggregate tok/s", "median tok/s per stream", "TTFT p50 ms", "TTFT p99 ms",
+                   "inter-token p50 ms", "inter-token p99 ms", "errors")
+    for lv in levels:
+        table.add_row(*(str(lv[k]) for k in ("concurrency", "aggregate_tokens_per_s", "tg_tokens_per_s_median",
+                                              "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "errors")))
+    console().print(table)
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -72,6 +73,11 @@ def run(opts: BenchOptions, advance=None) -> BenchResult:  # noqa: ANN001
     return run_benchmark(opts, advance)
 
 
+def check_all(results: list[BenchResult]) -> None:
+    for r in results:
+        check_runs(r)
+
+
 def check_runs(result: BenchResult) -> None:
     """A benchmark with failed runs is not a measurement."""
     if not result.runs or result.errors:
@@ -79,15 +85,47 @@ def check_runs(result: BenchResult) -> None:
                          f"{result.options.url}", "look at the server's log (hydra-compose logs) and run again")
 
 
-def write_bench(result: BenchResult, out: Path) -> list[Path]:
+def parse_levels(text: str) -> list[int]:
+    """--concurrency 4 or 1,4,8: the numbers of parallel streams to measure at."""
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or len(parts) > 16 or not all(p.isdigit() and 1 <= int(p) <= 256 for p in parts):
+        raise UsageError(f"--concurrency {text} is not a list of stream counts",
+                         "write it like 4 or 1,4,8 (1-256 each, up to 16 levels)")
+    return sorted(set(int(p) for p in parts))
+
+
+def run_levels(opts: BenchOptions, levels: list[int], advance=None) -> list[BenchResult]:  # noqa: ANN001
+    return [run_benchmark(dataclasses.replace(opts, concurrency=c), advance) for c in levels]
+
+
+def sweep_json(results: list[BenchResult]) -> dict:
+    first = results[0].options
+    return {"version": 1, "url": first.url, "model": first.model, "max_tokens": first.max_tokens,
+            "levels": [r.level() for r in results], "results": [r.to_json() for r in results]}
+
+
+def write_bench(results: list[BenchResult], out: Path) -> list[Path]:
+    """bench.json (one level's result, or every level's), bench.csv (every run, with its
+    concurrency), and with several levels latency.csv and the tok/s / p99 plot."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    doc = results[0].to_json() if len(results) == 1 else sweep_json(results)
+    (out / "bench.json").write_text(json.dumps(doc, indent=2) + "\n")
+    rows = [{"concurrency": r.options.concurrency, **run.row()} for r in results for run in r.runs]
     with (out / "bench.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(asdict(result.runs[0]).keys()) if result.runs else ["ttft_s"])
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["concurrency"])
         w.writeheader()
-        for r in result.runs:
-            w.writerow(asdict(r))
-    return [out / "bench.json", out / "bench.csv"]
+        w.writerows(rows)
+    paths = [out / "bench.json", out / "bench.csv"]
+    if len(results) > 1:
+        from ..runtime.plots import concurrency_plot
+
+        levels = [r.level() for r in results]
+        with (out / "latency.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(levels[0]))
+            w.writeheader()
+            w.writerows(levels)
+        paths += [out / "latency.csv", concurrency_plot(levels, out)]
+    return paths
 
 
 _BUS = r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]"

@@ -13,7 +13,7 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import httpx
@@ -46,6 +46,32 @@ class RunResult:
     stream: int = 0
     draft_tokens: int | None = None  # speculative decoding: tokens the draft proposed (llama-server's draft_n)
     draft_accepted: int | None = None  # and how many the target kept (draft_n_accepted)
+    itl_p50_ms: float | None = None  # inter-token latency: the gaps between streamed tokens of this run
+    itl_p90_ms: float | None = None
+    itl_p99_ms: float | None = None
+    itl_ms: tuple[float, ...] = field(default=(), repr=False)  # every gap (pooled across runs; not written out)
+
+    def row(self) -> dict:
+        """This run as JSON/CSV carry it (the gaps themselves stay out: percentiles stand for them)."""
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "itl_ms"}
+
+
+PERCENTILES = (50, 90, 99)
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """The p-th percentile, linear between the closest ranks (numpy's default)."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = (len(v) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def percentiles(values: list[float]) -> dict:
+    return {f"p{p}": (None if (x := percentile(values, p)) is None else round(x, 3)) for p in PERCENTILES}
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,9 @@ class BenchResult:
 
         out = {"tg_tokens_per_s": stats([r.tg_tokens_per_s for r in self.runs]),
                "ttft_s": stats([r.ttft_s for r in self.runs]),
+               # latency as serving benchmarks report it: TTFT over runs, the gaps between tokens pooled
+               "ttft_ms": percentiles([1000 * r.ttft_s for r in self.runs]),
+               "itl_ms": percentiles([g for r in self.runs for g in r.itl_ms]),
                "pp_tokens_per_s": stats([r.pp_tokens_per_s for r in self.runs if r.pp_tokens_per_s]),
                "server_tg_tokens_per_s": stats([r.server_tg_tokens_per_s for r in self.runs
                                                 if r.server_tg_tokens_per_s])}
@@ -80,10 +109,17 @@ class BenchResult:
     def to_json(self) -> dict:
         o = self.options
         return {"version": 1, "url": o.url, "model": o.model, "concurrency": o.concurrency,
-                "max_tokens": o.max_tokens,
-                "runs": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(r).items()}
-                         for r in self.runs],
-                "summary": self.summary()}
+                "max_tokens": o.max_tokens, "runs": [r.row() for r in self.runs], "summary": self.summary()}
+
+    def level(self) -> dict:
+        """One row of a concurrency sweep: throughput and tail latency at this many streams."""
+        s = self.summary()
+        # tokens of all streams over the wall time, at every level (1 included), so levels compare
+        agg = round(sum(r.completion_tokens for r in self.runs) / self.wall_s, 2) if self.wall_s > 0 else None
+        return {"concurrency": self.options.concurrency, "runs": len(self.runs), "errors": self.errors,
+                "aggregate_tokens_per_s": agg, "tg_tokens_per_s_median": s["tg_tokens_per_s"]["median"],
+                **{f"ttft_{k}_ms": v for k, v in s["ttft_ms"].items()},
+                **{f"itl_{k}_ms": v for k, v in s["itl_ms"].items()}}
 
 
 def _prompt(tokens: int) -> str:
@@ -100,6 +136,7 @@ def run_once(client: httpx.Client, opts: BenchOptions, stream_id: int = 0) -> Ru
     start = time.perf_counter()
     first = last = None
     chunks = 0
+    stamps: list[float] = []
     timings: dict = {}
     usage: dict = {}
     with client.stream("POST", "/v1/chat/completions", json=body, timeout=deadline.timeout()) as resp:
@@ -120,6 +157,7 @@ def run_once(client: httpx.Client, opts: BenchOptions, stream_id: int = 0) -> Ru
                     first = first or now
                     last = now
                     chunks += 1
+                    stamps.append(now)
     if first is None or last is None:
         raise BenchError(f"{opts.url} streamed no tokens", "check that the model loaded (/health, /v1/models)")
     tokens = int(_number(usage.get("completion_tokens")) or _number(timings.get("predicted_n")) or chunks)
@@ -127,7 +165,10 @@ def run_once(client: httpx.Client, opts: BenchOptions, stream_id: int = 0) -> Ru
         raise BenchError(f"{opts.url} streamed {tokens} token(s): too few to time decoding",
                          "raise --max-tokens, or check that the server honours ignore_eos")
     decode = (tokens - 1) / (last - first)
-    return RunResult(ttft_s=first - start, tg_tokens_per_s=decode, pp_tokens_per_s=_number(timings.get("prompt_per_second")),
+    gaps = tuple(1000 * (b - a) for a, b in zip(stamps, stamps[1:]))
+    itl = [percentile(list(gaps), p) for p in PERCENTILES]
+    return RunResult(itl_p50_ms=itl[0], itl_p90_ms=itl[1], itl_p99_ms=itl[2], itl_ms=gaps,
+                     ttft_s=first - start, tg_tokens_per_s=decode, pp_tokens_per_s=_number(timings.get("prompt_per_second")),
                      server_tg_tokens_per_s=_number(timings.get("predicted_per_second")), completion_tokens=tokens,
                      stream=stream_id, draft_tokens=_count(timings.get("draft_n")),
                      draft_accepted=_count(timings.get("draft_n_accepted")))

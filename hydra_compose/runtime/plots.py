@@ -1,4 +1,4 @@
-"""PNG plots of a power sweep (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of a power sweep and of a concurrency sweep (matplotlib, Agg backend: no display needed)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,31 @@ def sweep_plots(rows, out: Path) -> list[Path]:  # noqa: ANN001
         plt.close(fig)
         paths.append(out / name)
     return paths
+
+
+def concurrency_plot(levels: list[dict], out: Path) -> Path:
+    """Aggregate tok/s (left axis) and p99 TTFT / inter-token latency (right axis) vs streams."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [lv["concurrency"] for lv in levels]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    ax.plot(x, [lv["aggregate_tokens_per_s"] for lv in levels], marker="o", color="tab:blue", label="aggregate tok/s")
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("aggregate decode tok/s")
+    ax.grid(True, alpha=0.3)
+    right = ax.twinx()
+    for key, label, color in (("ttft_p99_ms", "p99 TTFT (ms)", "tab:red"), ("itl_p99_ms", "p99 inter-token (ms)",
+                                                                              "tab:orange")):
+        right.plot(x, [lv[key] for lv in levels], marker="s", linestyle="--", color=color, label=label)
+    right.set_ylabel("p99 latency (ms)")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper left")
+    ax.set_title("throughput and tail latency vs concurrency")
+    fig.tight_layout()
+    path = out / "tokps_and_p99_vs_concurrency.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
