@@ -181,17 +181,33 @@ def down(hosts: Optional[list[str]] = _HOSTS,
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json", help="Print JSON (versioned).")) -> None:
-    """Workers (container, port, llama.cpp ref) and master (health, model, slots, tok/s); warnings."""
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON (versioned)."),
+           watch: Optional[float] = typer.Option(None, "--watch", min=1, max=3600,
+                                                 help="Refresh every this many seconds, like top (Ctrl-C ends).")
+           ) -> None:
+    """Workers (container, port, llama.cpp ref), master (health, model, slots, tok/s), each device's
+    planned vs used memory, load, power and temperature; warnings."""
+    import time
+
     from .commands import status as cmd
     from .commands.bench import master_api_key
 
     project = _project()
-    st = cmd.run(project, master_api_key(project))
-    if as_json:
-        present.print_json(st.to_json())
-    else:
-        present.status(st)
+    key = master_api_key(project)
+    while True:
+        st = cmd.run(project, key)
+        if watch:
+            present.console().clear()
+        if as_json:
+            present.print_json(st.to_json())
+        else:
+            present.status(st)
+        if not watch:
+            break
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
     if st.warnings and not st.master.healthy:
         raise typer.Exit(1)
 

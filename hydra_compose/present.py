@@ -251,6 +251,16 @@ def status(st) -> None:  # noqa: ANN001 - commands.status.StatusResult
         table.add_row(w.host, w.service, w.endpoint, shown(f"{w.state} {w.health or ''}".strip()),
                       "yes" if w.reachable else "NO", shown(w.llama_cpp_ref or "-"), w.protocol or "-")
     o.print(table)
+    if st.devices:
+        def f(v, fmt=".0f"):  # noqa: ANN001, ANN202
+            return "-" if v is None else format(v, fmt)
+
+        table = _table("host", "container", "device", "planned MiB", "used MiB", "load %", "power W", "temp C")
+        for d in st.devices:
+            table.add_row(d.host, d.service, shown(d.device), f(d.planned_mib),
+                          f(d.used_mib) + (" (over plan)" if d.over_plan else ""), f(d.util_pct), f(d.power_w),
+                          f(d.temp_c))
+        o.print(table)
     for warning in st.warnings:
         o.print(f"warning: {shown(warning)}", markup=False)
 

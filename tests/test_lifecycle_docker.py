@@ -104,6 +104,16 @@ def test_lifecycle_and_recovery(cpu_project):  # noqa: F811
         assert st["master"]["healthy"] and st["master"]["model"] == "smollm2"
         assert [w["reachable"] for w in st["workers"]] == [True, True]
         assert {w["llama_cpp_ref"] for w in st["workers"]} == {"b11434"} and st["warnings"] == []
+        # per device: each CPU worker's resident memory against its planned buffers
+        plan = json.loads(run_cli("plan", "--json", cwd=proj).stdout)
+        planned = {d["endpoint"]: d["total_bytes"] / 2**20 for d in plan["devices"]}
+        assert [d["service"] for d in st["devices"]] == ["rpc-cpu0", "rpc-cpu1"]
+        for d, endpoint in zip(st["devices"], sorted(planned)):
+            print(f"status: {d['service']} planned {d['planned_mib']} MiB, resident {d['used_mib']} MiB")
+            assert d["planned_mib"] == pytest.approx(planned[endpoint], abs=0.1)
+            # weights and KV are written, so resident; untouched compute scratch may stay below the plan
+            assert 0.75 * d["planned_mib"] <= d["used_mib"] <= d["planned_mib"] + max(0.02 * d["planned_mib"], 16)
+            assert not d["over_plan"]
 
         # load: 4 concurrent streams x 25 requests on --parallel 4
         with ThreadPoolExecutor(4) as pool:

@@ -16,6 +16,7 @@ from ..errors import BenchError
 from ..runtime.benchmark import auth_headers, model_id
 from ..runtime.http import MAX_METRICS, get, parse_json
 from ..vendors.base import number
+from ..runtime.device_usage import DeviceStatus, device_rows
 from ..runtime.rpc_hello import hello
 from ..runtime.stacks import compose_services, containers, image_ref, running_refs, stacks
 from .context import Project
@@ -57,10 +58,11 @@ class StatusResult:
     master: MasterStatus
     workers: tuple[WorkerStatus, ...]
     warnings: tuple[str, ...]
+    devices: tuple[DeviceStatus, ...] = ()  # planned vs used memory, load, power, temperature
 
     def to_json(self) -> dict:
         return {"version": 1, "master": asdict(self.master), "workers": [asdict(w) for w in self.workers],
-                "warnings": list(self.warnings)}
+                "devices": [asdict(d) for d in self.devices], "warnings": list(self.warnings)}
 
 
 def _public(address: str) -> bool:
@@ -160,7 +162,33 @@ def run(project: Project, api_key: str | None) -> StatusResult:
                         "llama.cpp ref everywhere")
     master = MasterStatus(host=cfg.master.host, port=cfg.master.port, url=url, state=state, health=health,
                           **{"healthy": False, **fields})
-    return StatusResult(master, tuple(workers), tuple(warnings))
+    plan = running_plan(project, command, fields.get("mode"), warnings)
+    devices, over = device_rows(cfg, plan, all_stacks, running)
+    return StatusResult(master, tuple(workers), tuple(warnings + over), tuple(devices))
+
+
+def running_plan(project: Project, command: list[str], mode: str | None, warnings: list[str]):  # noqa: ANN201
+    """The plan llama-server runs, recomputed from cluster.yaml and the model's header, when its
+    arguments are exactly what the compose file says (else None: a fallback serves, or generate ran
+    with other options than cluster.yaml's)."""
+    from ..errors import HydraError
+    from ..planner.plan import PlanOptions, make_plan
+    from ..render.compose import ServedModel, server_args
+
+    if "--alias" not in command[:-1] or (mode and mode != "full"):
+        return None
+    try:
+        name, entry = project.model_entry(command[command.index("--alias") + 1])
+        plan = make_plan(project.config, project.model_facts(entry), PlanOptions.from_entry(entry),
+                         project.projector_facts(entry), project.draft_facts(entry))
+        written = [a.replace("$$", "$") for a in command]  # compose's escaping of '$'
+        if server_args(project.config, plan, ServedModel(name, entry.file, entry.mmproj, entry.draft)) == written:
+            return plan
+    except HydraError:
+        pass
+    warnings.append("planned MiB per device not shown: the master runs other arguments than cluster.yaml's plan "
+                    "(generate with options, or an edited cluster.yaml): run generate again")
+    return None
 
 
 def _pods(project: Project, api_key: str | None) -> StatusResult:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..errors import PowerError, RenderError
-from .base import (UBUNTU_VERSION, GpuInfo, ImageSpec, Limits, NativeBuild, PowerControl, Sample, Vendor,
+from .base import (DeviceUsage, UBUNTU_VERSION, GpuInfo, ImageSpec, Limits, NativeBuild, PowerControl, Sample, Vendor,
                    gid_groups, gid_lines, guessed_nodes, number, render_node, sysfs_cards, version_tuple)
 
 if TYPE_CHECKING:
@@ -330,6 +330,25 @@ class Amd(Vendor):
         # the rocBLAS kernel stage is in the Dockerfile only when some host borrows kernels
         borrow = any(dict(s.build_args).get("ROCBLAS_KERNEL_TARGETS") for s in specs)
         return {"gpu_targets": ";".join(first.archs), "borrow_kernels": borrow}
+
+    def usage_probe(self, devices: list[Device]) -> list[str] | None:
+        # the amdgpu driver's sysfs, readable in any container: VRAM bytes, busy %, power (uW), edge temp (mC)
+        script = ('for n in "$@"; do d=/sys/class/drm/$n/device; h=$(ls -d $d/hwmon/hwmon* 2>/dev/null | head -1); '
+                  'echo "$n $(cat $d/mem_info_vram_used 2>/dev/null || echo -) $(cat $d/gpu_busy_percent 2>/dev/null '
+                  '|| echo -) $(cat $h/power1_average 2>/dev/null || cat $h/power1_input 2>/dev/null || echo -) '
+                  '$(cat $h/temp1_input 2>/dev/null || echo -)"; done')
+        return ["sh", "-c", script, "usage", *[render_node(d) for d in devices]]
+
+    def parse_usage(self, text: str, devices: list[Device]) -> list[DeviceUsage | None]:
+        found = {}
+        for line in text.splitlines()[:64]:
+            cells = line.split()
+            if len(cells) == 5 and re.fullmatch(r"renderD[0-9]{1,4}", cells[0]):
+                vram, busy, power, temp = (number(c) for c in cells[1:])
+                found[cells[0]] = DeviceUsage(None if vram is None else vram / 1024**2, busy,
+                                              None if power is None else power / 1e6,
+                                              None if temp is None else temp / 1000)
+        return [found.get(render_node(d)) for d in devices]
 
     def k8s_resource(self, device: Device) -> str | None:
         return "amd.com/gpu"  # AMD's k8s-device-plugin (ROCm)

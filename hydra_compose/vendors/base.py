@@ -47,6 +47,16 @@ class GpuInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class DeviceUsage:
+    """What a vendor's tool says one device uses now (None: not reported)."""
+
+    used_mib: float | None
+    util_pct: float | None = None
+    power_w: float | None = None
+    temp_c: float | None = None
+
+
 class ParseError(ValueError):
     """A tool printed something we do not understand."""
 
@@ -173,6 +183,15 @@ class Vendor:
     def gpu_access(self, host: Host, devices: list[Device]) -> dict:
         """Compose keys that hand these devices of the host to a container."""
         return {}
+
+    def usage_probe(self, devices: list[Device]) -> list[str] | None:
+        """A command, run inside the container that holds these devices, printing their use now
+        (status: planned vs used); None where the vendor reports nothing we can read."""
+        return None
+
+    def parse_usage(self, text: str, devices: list[Device]) -> list[DeviceUsage | None]:
+        """The probe's output -> one entry per device, in order (None: that device not found)."""
+        return [None for _ in devices]
 
     def k8s_resource(self, device: Device) -> str | None:
         """The extended resource a Kubernetes device plugin offers this device as (None: no plugin, a CPU)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import CPU_IMAGE, ImageSpec, NativeBuild, Vendor
+import re
+
+from .base import CPU_IMAGE, DeviceUsage, ImageSpec, NativeBuild, Vendor
 
 if TYPE_CHECKING:
     from ..inventory.config import Device, Host
@@ -35,6 +37,14 @@ class Cpu(Vendor):
         archive = {"linux": "llama-{ref}-bin-ubuntu-x64.tar.gz", "windows": "llama-{ref}-bin-win-cpu-x64.zip",
                    "macos": "llama-{ref}-bin-macos-arm64.tar.gz"}[host.os]
         return NativeBuild((archive,), "")
+
+    def usage_probe(self, devices: list[Device]) -> list[str] | None:
+        # the worker container's PID 1 is ggml-rpc-server (exec'd): its resident memory is the device's use
+        return ["cat", "/proc/1/status"]
+
+    def parse_usage(self, text: str, devices: list[Device]) -> list[DeviceUsage | None]:
+        m = re.search(r"^VmRSS:\s+([0-9]{1,12}) kB$", text, re.M)
+        return [DeviceUsage(int(m[1]) / 1024) if m else None for _ in devices]
 
     def worker_args(self, devices: list[Device]) -> list[str]:
         return ["-t", str(devices[0].threads or DEFAULT_THREADS)]

@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..errors import PowerError, RenderError
-from .base import (UBUNTU_VERSION, GpuInfo, ImageSpec, Limits, NativeBuild, ParseError, PowerControl, Sample, Vendor,
+from .base import (DeviceUsage, UBUNTU_VERSION, GpuInfo, ImageSpec, Limits, NativeBuild, ParseError, PowerControl, Sample, Vendor,
                    number, version_tuple)
 
 if TYPE_CHECKING:
@@ -228,6 +228,25 @@ class Nvidia(Vendor):
     def template_context(self, first: ImageSpec, specs: list[ImageSpec]) -> dict:
         return {"cuda_version": first.release, "cuda_architectures": ";".join(first.archs)}
 
+    def usage_probe(self, devices: list[Device]) -> list[str] | None:
+        return ["nvidia-smi", "--query-gpu=index,pci.bus_id,memory.used,utilization.gpu,power.draw,temperature.gpu",
+                "--format=csv,noheader,nounits"]
+
+    def parse_usage(self, text: str, devices: list[Device]) -> list[DeviceUsage | None]:
+        """Rows of the container's GPUs (renumbered from 0, in the devices' order); matched by PCI bus
+        id where inspect recorded it."""
+        rows = []
+        for line in text.splitlines()[:64]:
+            cells = [c.strip() for c in line.split(",")]
+            if len(cells) == 6 and number(cells[0]) is not None:
+                rows.append((cells[1].lower(), DeviceUsage(number(cells[2]), number(cells[3]), number(cells[4]),
+                                                           number(cells[5]))))
+        out: list[DeviceUsage | None] = []
+        for i, d in enumerate(devices):
+            by_bus = [u for bus, u in rows if d.bus_id and _bus(bus) == _bus(d.bus_id)]
+            out.append(by_bus[0] if by_bus else (rows[i][1] if i < len(rows) and not d.bus_id else None))
+        return out
+
     def k8s_resource(self, device: Device) -> str | None:
         return "nvidia.com/gpu"  # NVIDIA's device plugin / GPU Operator
 
@@ -245,6 +264,11 @@ class Nvidia(Vendor):
         except ParseError as exc:
             notes.append(f"nvidia-smi output not understood ({exc}); NVIDIA GPUs skipped")
         return []
+
+
+def _bus(bus_id: str) -> str:
+    """nvidia-smi's 00000000:02:00.0 and sysfs' 0000:02:00.0 alike: the last three fields."""
+    return ":".join(bus_id.lower().split(":")[-2:])
 
 
 VENDOR = Nvidia()
