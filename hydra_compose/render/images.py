@@ -46,6 +46,9 @@ def dockerfile_name(vendor: str) -> str:
     return f"{vendors.get(vendor).dockerfile}.Dockerfile"
 
 
+UI_IMAGE = "debian:trixie-slim"  # Node.js 20.19, what the web UI's Vite 7 needs
+
+
 def render_dockerfiles(cfg: ClusterConfig, header: str, user_templates: Path | None) -> list[tuple[str, str]]:
     """(path, text) per vendor. Defaults are those of the first host of the vendor; every
     host's compose file passes its own release and targets as build arguments."""
@@ -60,6 +63,7 @@ def render_dockerfiles(cfg: ClusterConfig, header: str, user_templates: Path | N
         ctx = dict(header=header, vendor=record.name, llama_cpp_git=src.git_url, llama_cpp_ref=src.git_ref,
                    cpu_flags=CPU_FLAGS, build_image=first.build_image, runtime_image=first.runtime_image,
                    vendor_title=record.title, releases=sorted({s.release for s in specs if s.release}),
+                   ui=cfg.master.ui, ui_image=UI_IMAGE,
                    **record.template_context(first, specs))
         name = dockerfile_name(record.name)
         files.append((f"dockerfiles/{name}", render_template(f"{name}.j2", ctx, user_templates)))

@@ -5,6 +5,27 @@
 # context (a llama.cpp checkout) instead. Every host builds the same ref.
 ARG BUILD_IMAGE=rocm/dev-ubuntu-24.04:6.4.4-complete
 ARG RUNTIME_IMAGE=rocm/dev-ubuntu-24.04:6.4.4-complete
+ARG UI_IMAGE=debian:trixie-slim
+
+# llama-server's web UI (llama.cpp's tools/ui, SvelteKit): a tree that already holds a built
+# tools/ui/dist is used as it is; otherwise it is built here with Debian's Node.js and npm.
+FROM ${UI_IMAGE} AS ui
+ARG LLAMA_CPP_SOURCE=git
+ARG LLAMA_CPP_GIT=https://github.com/ggml-org/llama.cpp
+ARG LLAMA_CPP_REF=b11434
+COPY . /context
+RUN set -eu; src=/context; \
+    if [ "$LLAMA_CPP_SOURCE" != context ]; then \
+      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends git ca-certificates \
+      && git init -q /src && cd /src && git remote add origin "$LLAMA_CPP_GIT" \
+      && git fetch -q --depth 1 origin "$LLAMA_CPP_REF" && git checkout -q FETCH_HEAD && src=/src; fi; \
+    mkdir -p /ui; \
+    if [ -f "$src/tools/ui/dist/index.html" ]; then cp -r "$src/tools/ui/dist" /ui/dist; \
+    else apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        nodejs npm ca-certificates \
+      && cd "$src/tools/ui" && npm ci --no-audit --no-fund \
+      && LLAMA_UI_OUT_DIR=/ui/dist LLAMA_BUILD_NUMBER="${LLAMA_CPP_REF#b}" npm run build; fi; \
+    test -f /ui/dist/index.html
 
 FROM ${BUILD_IMAGE} AS build
 ARG LLAMA_CPP_SOURCE=git
@@ -28,8 +49,10 @@ RUN set -eu; \
     if [ "$LLAMA_CPP_SOURCE" = context ]; then mv /context /src; \
     else git init -q /src && cd /src && git remote add origin "$LLAMA_CPP_GIT" \
       && git fetch -q --depth 1 origin "$LLAMA_CPP_REF" && git checkout -q FETCH_HEAD; fi
+COPY --from=ui /ui/dist /src/tools/ui/dist
 # GGML_NATIVE=OFF: the image must run on every host of its vendor, not only on the
-# machine that built it. LLAMA_USE_PREBUILT_UI=OFF: the build must not download the web UI.
+# machine that built it. LLAMA_USE_PREBUILT_UI=OFF: the build must not download the web UI
+# (it embeds tools/ui/dist when there is one).
 RUN export HIPCXX="$(hipconfig -l)/clang" HIP_PATH="$(hipconfig -R)"; cmake -S /src -B /build -DCMAKE_BUILD_TYPE=Release \
       -DGGML_RPC=ON -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
