@@ -247,6 +247,43 @@ def logs(host: Optional[str] = typer.Argument(None, help="Host (default: the mas
     raise typer.Exit(cmd.run(project, host or project.config.master.host, service, follow))
 
 
+keys_app = typer.Typer(help="Users' API keys of the master: add, list, revoke (kept in its 0600 .env, never "
+                                 "printed).", rich_markup_mode=None, no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+_APPLY = typer.Option(True, "--apply/--no-apply", help="Restart llama-server (alone) so the change takes effect now.")
+_KEYS_JSON = typer.Option(False, "--json", help="Print JSON (versioned).")
+
+
+def _keys_out(r, as_json: bool) -> None:  # noqa: ANN001
+    present.print_json(r.to_json()) if as_json else present.keys(r)
+
+
+@keys_app.command("list")
+def keys_list(as_json: bool = _KEYS_JSON) -> None:
+    """Names and fingerprints of the users' keys (the keys themselves are in the master's .env)."""
+    from .commands import keys as cmd
+
+    _keys_out(cmd.list_keys(_project()), as_json)
+
+
+@keys_app.command("add")
+def keys_add(name: str = typer.Argument(..., help="A name for the key, e.g. alice."), apply: bool = _APPLY,
+             as_json: bool = _KEYS_JSON) -> None:
+    """Make a new key NAME in the master's .env (read it there: it is never printed)."""
+    from .commands import keys as cmd
+
+    _keys_out(cmd.add(_project(), name, apply), as_json)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str = typer.Argument(..., help="The key's name."), apply: bool = _APPLY,
+                as_json: bool = _KEYS_JSON) -> None:
+    """Remove key NAME: with --apply (default) it gets 401 from the moment llama-server restarts."""
+    from .commands import keys as cmd
+
+    _keys_out(cmd.revoke(_project(), name, apply), as_json)
+
+
 bench_app = typer.Typer(help="Long-generation benchmarks and power-limit sweeps.", invoke_without_command=True,
                         rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")

@@ -265,6 +265,22 @@ def status(st) -> None:  # noqa: ANN001 - commands.status.StatusResult
         o.print(f"warning: {shown(warning)}", markup=False)
 
 
+def keys(r) -> None:  # noqa: ANN001 - commands.keys.KeysResult
+    o = console()
+    if r.changed and r.changed.startswith("added"):
+        o.print(f"{r.changed}: the key is in {r.env_file} (never printed)", markup=False)
+    elif r.changed:
+        o.print(f"{r.changed}: removed from {r.env_file}", markup=False)
+    for svc in r.restarted:
+        o.print(f"restarted {svc} (workers untouched)", markup=False)
+    if r.changed and not r.restarted:
+        o.print("not applied yet: run `hydra-compose up` (restarts llama-server only)", markup=False)
+    table = _table("name", "fingerprint")
+    for k in r.keys:
+        table.add_row(k.name, k.fingerprint)
+    o.print(table)
+
+
 def swap(r) -> None:  # noqa: ANN001 - commands.swap.SwapResult
     line(f"swapped to {r.model} in {r.seconds} s (split {list(r.tensor_split)}); "
          f"workers restarted: {', '.join(r.workers_restarted) or 'none'}")

@@ -169,6 +169,17 @@ def test_lifecycle_and_recovery(cpu_project):  # noqa: F811
         models = httpx.get(f"{URL}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
         assert models["data"][0]["id"] == "tiny"
 
+        # users' keys: added and revoked on the running cluster; only llama-server restarts
+        r = hc(proj, "keys", "add", "alice")
+        alice = re.search(r"^HYDRA_KEY_ALICE=(\S+)$", (proj / "compose" / "local" / ".env").read_text(), re.M)[1]
+        assert alice not in r.stdout + r.stderr and "restarted local/llama-server" in r.stdout
+        assert ask(alice).status_code == 200 and ask(key).status_code == 200
+        assert {s: container(proj, s) for s in before} == before
+        hc(proj, "keys", "revoke", "alice")
+        assert ask(alice).status_code == 401 and ask(key).status_code == 200
+        assert {s: container(proj, s) for s in before} == before
+        assert status(proj)["master"]["healthy"]  # the supervisor's own probes use the cluster's key
+
         # version skew: a worker image carrying another llama.cpp ref is flagged
         image = "hydra-compose/llama-cpp:b11434-cpu-rpc"
         original = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True,

@@ -50,6 +50,13 @@ def _native_files(project: Project, host) -> list[RenderedFile]:  # noqa: ANN001
             for p, text, mode in render_native(project.config, host, header, project.root / "templates")]
 
 
+def existing_user_keys(env_file: Path) -> dict[str, str]:
+    """name -> key of the users' keys in a .env (kept by generate; keys revoke removes them)."""
+    if not env_file.exists():
+        return {}
+    return {m[1].lower(): m[2] for m in re.finditer(r"^HYDRA_KEY_([A-Z][A-Z0-9_]{0,31})=(\S+)$", env_file.read_text(), re.M)}
+
+
 def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
                fallbacks: list[Fallback] = (), rotate_certs: bool = False) -> list[RenderedFile]:
     cfg = project.config
@@ -76,7 +83,12 @@ def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
             key = existing_key(compose_dir / ".env") or secrets.token_urlsafe(32)
         if host.name == cfg.master.host and cfg.monitoring:
             password = existing_key(compose_dir / ".env", "GRAFANA_ADMIN_PASSWORD") or secrets.token_urlsafe(18)
-        files.append(RenderedFile(f"compose/{host.name}/.env", render_env(cfg, host, key, password), mode=0o600))
+        users = None
+        if key:
+            users = existing_user_keys(compose_dir / ".env")
+            users.update({n: secrets.token_urlsafe(32) for n in cfg.master.api_keys if n not in users})
+        files.append(RenderedFile(f"compose/{host.name}/.env", render_env(cfg, host, key, password, users),
+                                  mode=0o600))
         if tls_sections(cfg, host):
             files.append(RenderedFile(f"compose/{host.name}/tls/stunnel.conf", render_tls_conf(cfg, host)))
     files += render_monitoring(cfg, plan)

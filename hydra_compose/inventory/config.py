@@ -86,12 +86,22 @@ class MasterSection(Strict):
     port: Port = 8080
     bind: BindAddress | None = None  # address llama-server listens on; default: the host's address
     api_key: bool = False  # true: generate writes a random key into the master's .env
+    # named keys for users (`hydra-compose keys add|list|revoke` manages them too); each in the 0600 .env
+    api_keys: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]] = []
     ui: bool = True  # llama-server's web UI at the master's address (built into its image); false: none
     cache_ram_gb: NonNegative = 1.0  # llama-server's prompt cache in host RAM (--cache-ram); 0: off
     # a worker host unreachable this long: the supervisor serves its fallback plan; reachable again
     # this long (and no slot busy): back to the full plan
     failover_s: Annotated[int, Field(ge=5, le=3600)] = 30
     failback_s: Annotated[int, Field(ge=5, le=86400)] = 60
+
+    @model_validator(mode="after")
+    def _keys_need_a_key(self) -> MasterSection:
+        if self.api_keys and not self.api_key:
+            raise ValueError("api_keys needs api_key: true (the cluster's own key, which bench and status use)")
+        if len(set(self.api_keys)) != len(self.api_keys):
+            raise ValueError("api_keys names a key twice")
+        return self
 
 
 NodeName = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")]

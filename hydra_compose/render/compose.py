@@ -165,7 +165,8 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
         environment.update({"HYDRA_FAILOVER_S": str(cfg.master.failover_s),
                             "HYDRA_FAILBACK_S": str(cfg.master.failback_s)})
     if cfg.master.api_key:
-        environment["LLAMA_API_KEY"] = Interpolated("${LLAMA_API_KEY:?set LLAMA_API_KEY in .env}")
+        # the cluster's own key, then the users' (`hydra-compose keys`): llama-server takes a comma-separated list
+        environment["LLAMA_API_KEY"] = Interpolated("${LLAMA_API_KEY:?set LLAMA_API_KEY in .env}${HYDRA_USER_KEYS:-}")
     health = f"{master_url(cfg)}/health"
     svc.update({
         "environment": environment,
@@ -302,7 +303,20 @@ def render_supervisor() -> str:
     return f"{shebang}\n# {HEADER.format(config='cluster.yaml')}\n{rest}"
 
 
-def render_env(cfg: ClusterConfig, host: Host, api_key: str | None, grafana_password: str | None = None) -> str:
+USER_KEY_PREFIX = "HYDRA_KEY_"
+
+
+def user_key_lines(keys: dict[str, str]) -> list[str]:
+    """.env lines of the users' keys: one per name, and the list llama-server appends to its own."""
+    if not keys:
+        return []
+    return ["# users' API keys (hydra-compose keys add|list|revoke)",
+            *(f"{USER_KEY_PREFIX}{name.upper()}={key}" for name, key in sorted(keys.items())),
+            "HYDRA_USER_KEYS=" + "".join(f",{key}" for _, key in sorted(keys.items()))]
+
+
+def render_env(cfg: ClusterConfig, host: Host, api_key: str | None, grafana_password: str | None = None,
+               user_keys: dict[str, str] | None = None) -> str:
     lines = [f"# {HEADER.format(config='cluster.yaml')}",
              "# Secrets and host facts for this host's compose file (mode 0600)."]
     if monitoring.exporter_services(cfg, host) or (cfg.monitoring and host.name == cfg.master.host):
@@ -314,4 +328,5 @@ def render_env(cfg: ClusterConfig, host: Host, api_key: str | None, grafana_pass
             lines += record.env_lines(host)
     if host.name == cfg.master.host and cfg.master.api_key and api_key:
         lines.append(f"LLAMA_API_KEY={api_key}")
+        lines += user_key_lines(user_keys or {})
     return "\n".join(lines) + "\n"

@@ -48,10 +48,11 @@ parse_args "$@"
 full_workers=("${rpc_list[@]}")
 url="http://$host:$port"
 # The API key reaches curl through a 0600 header file, never its argv (ps shows argv to every user).
+# LLAMA_API_KEY may list several keys (the cluster's own first, then users'): the first is ours.
 auth=()
 if [ -n "${LLAMA_API_KEY:-}" ]; then
   auth_file=$(umask 077 && mktemp /tmp/hydra-auth.XXXXXX)
-  printf 'Authorization: Bearer %s\n' "$LLAMA_API_KEY" >"$auth_file"
+  printf 'Authorization: Bearer %s\n' "${LLAMA_API_KEY%%,*}" >"$auth_file"
   auth=(-H "@$auth_file")
 fi
 
