@@ -67,7 +67,11 @@ class Project:
         return path
 
     def model_facts(self, entry: ModelEntry) -> ModelFacts:
-        return read_model(self.model_file(entry.file), root=self.models_dir)
+        """The model as planned: its header's facts, with its LoRA adapters in the layers they patch."""
+        from ..modelfacts.lora import read_lora, with_adapters
+
+        facts = read_model(self.model_file(entry.file), root=self.models_dir)
+        return with_adapters(facts, [read_lora(self.model_file(a.file), facts) for a in entry.lora])
 
     def draft_facts(self, entry: ModelEntry) -> ModelFacts | None:
         return read_model(self.model_file(entry.draft), root=self.models_dir) if entry.draft else None

@@ -133,7 +133,7 @@ def run(project: Project, model: str | None, out_dir: Path | None, force: bool, 
     plan = make_plan(project.config, facts, opts, projector, draft)
     fallbacks = fallback_plans(project.config, plan, opts, projector, draft)
     out = out_dir or project.root
-    files = render_all(project, out, ServedModel(name, entry.file, entry.mmproj, entry.draft), plan, fallbacks,
+    files = render_all(project, out, ServedModel.of(name, entry), plan, fallbacks,
                        rotate_certs)
     changed = write_files(out, files, force)
     notes = kubernetes.render_notes(project.config) if project.config.cluster.target == "kubernetes" else \

@@ -182,7 +182,7 @@ def running_plan(project: Project, command: list[str], mode: str | None, warning
         plan = make_plan(project.config, project.model_facts(entry), PlanOptions.from_entry(entry),
                          project.projector_facts(entry), project.draft_facts(entry))
         written = [a.replace("$$", "$") for a in command]  # compose's escaping of '$'
-        if server_args(project.config, plan, ServedModel(name, entry.file, entry.mmproj, entry.draft)) == written:
+        if server_args(project.config, plan, ServedModel.of(name, entry)) == written:
             return plan
     except HydraError:
         pass

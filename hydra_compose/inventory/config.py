@@ -294,6 +294,12 @@ class Host(Strict):
         return self
 
 
+class LoraAdapter(Strict):
+    file: ModelFile  # below models/, made for this model (convert_lora_to_gguf.py)
+    scale: Annotated[float, Field(ge=-100, le=100)] = 1.0  # (file names never hold ',' or ':', which
+    # --lora-scaled FILE:SCALE,... would split on: safe_values.file_in_models refuses them)
+
+
 class ModelEntry(Strict):
     file: ModelFile
     mmproj: ModelFile | None = None  # vision projector: --mmproj on the master
@@ -310,6 +316,7 @@ class ModelEntry(Strict):
     draft: ModelFile | None = None
     draft_max: Annotated[int, Field(ge=1, le=32)] | None = None
     acceptance: Annotated[float, Field(ge=1, le=33)] | None = None
+    lora: Annotated[list[LoraAdapter], Field(max_length=8)] = []  # adapters applied to every request
     default: bool = False
 
 

@@ -178,6 +178,7 @@ class ModelFacts:
     vocab_model: str = ""  # tokenizer.ggml.model: a draft model must share the target's tokenizer
     bos_id: int | None = None
     eos_id: int | None = None
+    adapter_bytes: int = 0  # LoRA adapters folded into the layers above (modelfacts.lora)
 
     def __post_init__(self) -> None:
         if not self.layers:  # facts built by hand (tests): a dense full-attention model

@@ -56,6 +56,11 @@ class ServedModel:
     file: str  # below models/
     mmproj: str | None = None
     draft: str | None = None  # the speculative draft model (used when a plan speculates with one)
+    lora: tuple[tuple[str, float], ...] = ()  # LoRA adapters (file below models/, scale)
+
+    @classmethod
+    def of(cls, name: str, entry) -> ServedModel:  # noqa: ANN001 - a cluster.yaml ModelEntry
+        return cls(name, entry.file, entry.mmproj, entry.draft, tuple((a.file, a.scale) for a in entry.lora))
 
 
 def _tag(ref: str) -> str:
@@ -144,6 +149,8 @@ def server_args(cfg: ClusterConfig, plan: Plan, served: ServedModel, bind: str |
         args.append("--no-ui")
     if served.mmproj:
         args += ["--mmproj", f"/models/{served.mmproj}"]
+    if served.lora:
+        args += ["--lora-scaled", ",".join(f"/models/{f}:{s:g}" for f, s in served.lora)]
     if served.draft and plan.speculation is not None and plan.speculation.mode == "draft":
         args += ["-md", f"/models/{served.draft}"]
     return args

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_BUFFER = re.compile(r"(?P<dev>[A-Za-z_][\w]*?)(?:\[(?P<ep>[^\]]+)\])? (?P<kind>model|KV|RS|compute) buffer size = +(?P<mib>[\d.]+) MiB")
+_BUFFER = re.compile(r"(?P<dev>[A-Za-z_][\w]*?)(?:\[(?P<ep>[^\]]+)\])? (?P<kind>model|KV|RS|compute|LoRA) buffer size = +(?P<mib>[\d.]+) MiB")
 _LAYER = re.compile(r"layer +(?P<il>\d+) assigned to device (?P<dev>\S+?)(?:\[(?P<ep>[^\]]+)\])?,")
 _MiB = 1024 * 1024
-_ATTR = {"model": "model_bytes", "KV": "kv_bytes", "RS": "rs_bytes", "compute": "compute_bytes"}
+_ATTR = {"model": "model_bytes", "KV": "kv_bytes", "RS": "rs_bytes", "compute": "compute_bytes", "LoRA": "lora_bytes"}
 
 
 @dataclass
@@ -22,10 +22,11 @@ class DeviceLog:
     kv_bytes: int = 0
     rs_bytes: int = 0
     compute_bytes: int = 0
+    lora_bytes: int = 0  # LoRA adapters' tensors, beside the layers they patch
 
     @property
     def total_bytes(self) -> int:
-        return self.model_bytes + self.kv_bytes + self.rs_bytes + self.compute_bytes
+        return self.model_bytes + self.kv_bytes + self.rs_bytes + self.compute_bytes + self.lora_bytes
 
 
 @dataclass
@@ -51,7 +52,10 @@ def parse_server_log(text: str) -> ServerLog:
             else:
                 key = f"{m['dev']}[{m['ep']}]" if m["ep"] else m["dev"]
                 dev = devices.setdefault(key, DeviceLog(key))
-            setattr(dev, attr, getattr(dev, attr) + size)
+            if attr == "compute_bytes":  # reserved again (e.g. after LoRA adapters apply): the last one holds
+                dev.compute_bytes = size
+            else:
+                setattr(dev, attr, getattr(dev, attr) + size)
             continue
         m = _LAYER.search(line)
         if m:

@@ -370,3 +370,31 @@ def _finish(w: gguf.GGUFWriter, rng, tensors: Tensors, path: Path) -> Path:  # n
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_lora(path: Path, base: Path, rank: int = 8, targets: tuple[str, ...] = ("attn_q", "attn_v"),
+               layers: range | None = None, scale: float = 0.5, seed: int = 0, arch: str | None = None) -> Path:
+    """A LoRA adapter in llama.cpp's GGUF form (what convert_lora_to_gguf.py writes) for the model at
+    base: lora_a [in, rank] and lora_b [rank, out] in ggml order, f32, random, for the named
+    projections of the given layers (default: all)."""
+    rng = np.random.default_rng(seed)
+    src = gguf.GGUFReader(base)
+    model_arch = arch or str(bytes(src.get_field("general.architecture").parts[-1]), "utf-8")
+    shapes = {t.name: [int(x) for x in t.shape] for t in src.tensors}
+    n_layer = 1 + max(int(n.split(".")[1]) for n in shapes if n.startswith("blk."))
+    w = gguf.GGUFWriter(str(path), model_arch)
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank))
+    for il in layers if layers is not None else range(n_layer):
+        for t in targets:
+            name = f"blk.{il}.{t}.weight"
+            ne0, ne1 = shapes[name][:2]
+            # numpy shapes are ggml's reversed: a is ne [ne0, rank], b is ne [rank, ne1]
+            w.add_tensor(f"{name}.lora_a", (rng.standard_normal((rank, ne0)) * scale).astype(np.float32))
+            w.add_tensor(f"{name}.lora_b", (rng.standard_normal((ne1, rank)) * scale).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
