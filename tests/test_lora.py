@@ -17,7 +17,6 @@ from support.llama_log import parse_server_log
 from support.localrun import loopback_cluster
 from support.synthetic import TEST_SHAPES, write_gguf, write_lora
 
-from hydra_compose.errors import ModelError
 from hydra_compose.modelfacts.gguf_facts import read_model
 from hydra_compose.modelfacts.lora import read_lora, with_adapters
 from hydra_compose.planner.plan import PlanOptions, make_plan
