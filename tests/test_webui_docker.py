@@ -55,6 +55,15 @@ def test_chat_in_the_browser_with_the_api_key(cpu_project, chromium, tmp_path): 
         browser.wait_for("!!document.querySelector('#api-key-input')", 20)
         browser.type_into("#api-key-input", key)
         browser.wait_for("!!document.querySelector('textarea')", 60)  # the chat screen, the key accepted
+        # greedy decoding and a system turn, as a user sets them in Settings (the UI keeps its settings, the
+        # key among them, in local storage): SmolLM2 at the UI's default temperature may answer in French
+        assert browser.evaluate("""(() => { const k = 'LlamaUi.config';
+            const c = JSON.parse(localStorage.getItem(k) || '{}');
+            if (!c.apiKey) return false;
+            c.temperature = 0; c.systemMessage = 'You are a helpful assistant.';
+            localStorage.setItem(k, JSON.stringify(c)); return true; })()""")
+        browser.navigate(f"{URL}/")
+        browser.wait_for("!!document.querySelector('textarea')", 60)
         browser.type_into("textarea", "What is the capital of France?")
         browser.wait_for("document.body.innerText.includes('What is the capital of France?')", 30)
         reply = browser.wait_for("/paris/i.test(document.body.innerText.split("
