@@ -401,6 +401,9 @@ def render_notes(cfg: ClusterConfig) -> list[str]:
     if not cfg.kubernetes.image_registry:
         notes.append("kubernetes.image_registry is not set: run k8s/build-images.sh and import the images on "
                      "every node (k3s: docker save IMAGE | sudo k3s ctr images import -)")
+    if cfg.master.api_keys:
+        notes.append("master.api_keys: users' keys are kept in the compose target's .env; on Kubernetes append "
+                     "them to k8s/api-key.env (LLAMA_API_KEY=cluster-key,user-key,...) and apply again")
     if cfg.monitoring:
         notes.append("monitoring: true writes a compose profile; on Kubernetes scrape the llama-server Service's "
                      "/metrics with your Prometheus (kube-prometheus-stack) and the vendors' exporters")
