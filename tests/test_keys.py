@@ -80,3 +80,18 @@ def test_bad_key_input_is_one_line(tmp_path):
     (proj / "cluster.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     r = run_cli("generate", cwd=proj)
     assert r.returncode == 1 and "api_keys needs api_key: true" in r.stderr
+
+
+def test_keys_leave_the_other_generated_files_alone(tmp_path):
+    """Rewriting the .env touches nothing else generate wrote: not the supervisor's fallback plans."""
+    proj = example_project(tmp_path, "cpu-default")
+    cfg = yaml.safe_load((proj / "cluster.yaml").read_text())
+    cfg["master"]["api_key"] = True
+    cfg["hosts"].append({"name": "box", "address": "127.0.0.2",
+                         "devices": [{"vendor": "cpu", "memory_gb": 4, "threads": 2, "rpc_port": 50054}]})
+    (proj / "cluster.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert run_cli("generate", cwd=proj).returncode == 0
+    before = {p: p.read_text() for p in (proj / "compose").rglob("*") if p.is_file() and p.name != ".env"}
+    assert any("/fallback/" in str(p) for p in before)
+    assert run_cli("keys", "add", "dave", "--no-apply", cwd=proj).returncode == 0
+    assert {p: p.read_text() for p in (proj / "compose").rglob("*") if p.is_file() and p.name != ".env"} == before

@@ -71,7 +71,7 @@ def _write(project: Project, env, users: dict[str, str]) -> None:  # noqa: ANN00
             and line != "# users' API keys (hydra-compose keys add|list|revoke)"]
     new = "\n".join(kept + user_key_lines(users)) + "\n"
     rel = str(env.relative_to(project.root))
-    write_files(project.root, [RenderedFile(rel, new, 0o600)], force=False)
+    write_files(project.root, [RenderedFile(rel, new, 0o600)], force=False, sweep=False)
 
 
 def _restart(project: Project, apply: bool) -> tuple[str, ...]:

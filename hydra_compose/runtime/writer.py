@@ -108,8 +108,9 @@ def _stale(out_dir: Path, files: list[RenderedFile], manifest: dict) -> list[str
     return out
 
 
-def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[str]:
-    """Writes files under out_dir; returns the paths that changed."""
+def write_files(out_dir: Path, files: list[RenderedFile], force: bool, sweep: bool = True) -> list[str]:
+    """Writes files under out_dir; returns the paths that changed. sweep: files is a whole generate's
+    output, so fallback plans it no longer holds are stale (a command rewriting one file passes False)."""
     with _locked(out_dir):
         _clear_stale_staging(out_dir)
         manifest_path = out_dir / MANIFEST
@@ -120,7 +121,7 @@ def write_files(out_dir: Path, files: list[RenderedFile], force: bool) -> list[s
         if not isinstance(manifest, dict):
             manifest = {}
         changed = _changed(out_dir, files, manifest, force)
-        stale = _stale(out_dir, files, manifest)
+        stale = _stale(out_dir, files, manifest) if sweep else []
         _check_target(out_dir, MANIFEST)
         # staging (it holds the API key), moving every file and the manifest, and removing the staging
         # copy happen as one step: Ctrl-C or SIGTERM waits the moment it takes, then stops the command
