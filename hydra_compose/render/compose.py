@@ -196,9 +196,14 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
 TLS_DIR = "/hydra/tls"
 
 
+def listening_check(port: int) -> list[str]:
+    """A command that succeeds while something listens on port (any address). A busy worker never
+    accepts a second client: check that the port listens, not that it answers."""
+    return ["grep", "-qi", f":{port:04X} 00000000:0000 0A", "/proc/net/tcp"]
+
+
 def _listening(port: int) -> list[str]:
-    # a busy worker never accepts a second client: check that the port listens, not that it answers
-    return ["CMD", "grep", "-qi", f":{port:04X} 00000000:0000 0A", "/proc/net/tcp"]
+    return ["CMD", *listening_check(port)]
 
 
 def tls_sections(cfg: ClusterConfig, host: Host) -> list[Worker]:

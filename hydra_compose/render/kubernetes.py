@@ -157,8 +157,7 @@ def _runtime_class(cfg: ClusterConfig, devices: list, pod: dict) -> dict:
 
 
 def _listening(port: int) -> dict:
-    # a busy worker never accepts a second client: check that the port listens, not that it answers
-    return {"exec": {"command": ["grep", "-qi", f":{port:04X} 00000000:0000 0A", "/proc/net/tcp"]},
+    return {"exec": {"command": compose.listening_check(port)},
             "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3}
 
 
@@ -229,11 +228,10 @@ def _supervisor_docs(cfg: ClusterConfig, supervisor: str, fallback_files: list[R
     return docs
 
 
-def _master_docs(cfg: ClusterConfig, plan: Plan, served: ServedModel, source: compose.BuildSource,
+def _master_docs(cfg: ClusterConfig, plan: Plan, args: list[str], source: compose.BuildSource,
                  config_digest: str) -> list[dict]:
     host = cfg.master_host
     labels = _labels(cfg, "master")
-    args = compose.server_args(cfg, plan, served, bind="0.0.0.0", endpoints=pod_endpoints(cfg))
     image = _image(cfg, host, master_vendor(cfg), "server", source)
     env: list[dict] = [{"name": "LLAMA_ARG_LOG_VERBOSITY", "value": "3"},
                        {"name": "HYDRA_FAILOVER_S", "value": str(cfg.master.failover_s)},
@@ -348,15 +346,15 @@ def render_kubernetes(cfg: ClusterConfig, plan: Plan, served: ServedModel, fallb
         raise RenderError(f"two workers would both be named {dupe} on Kubernetes (host names that differ only in "
                           "case, '.' or '_')", "rename one of the hosts in cluster.yaml")
     fallback_files = render_fallbacks_for_pods(cfg, fallbacks, served)
-    digest = hashlib.sha256("\n".join([supervisor, *(f.path + f.text for f in fallback_files),
-                                       *compose.server_args(cfg, plan, served, "0.0.0.0", pod_endpoints(cfg))])
+    args = compose.server_args(cfg, plan, served, bind="0.0.0.0", endpoints=pod_endpoints(cfg))
+    digest = hashlib.sha256("\n".join([supervisor, *(f.path + f.text for f in fallback_files), *args])
                             .encode()).hexdigest()[:16]
     files = [RenderedFile(f"{OUT}/namespace.yaml", _dump([{
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"app.kubernetes.io/name": APP}}}],
         config_name))]
     files.append(RenderedFile(f"{OUT}/supervisor.yaml", _dump(_supervisor_docs(cfg, supervisor, fallback_files),
                                                              config_name)))
-    files.append(RenderedFile(f"{OUT}/master.yaml", _dump(_master_docs(cfg, plan, served, source, digest),
+    files.append(RenderedFile(f"{OUT}/master.yaml", _dump(_master_docs(cfg, plan, args, source, digest),
                                                          config_name)))
     resources = ["namespace.yaml", "supervisor.yaml", "master.yaml"]
     for w, name in zip(workers, names):
