@@ -52,6 +52,20 @@ def test_one_fallback_per_used_host_without_it(model):
     assert fbs["a"].describe().startswith("without a (ctx 4096, predicted ")
 
 
+def test_fallbacks_dial_the_tunnels_of_the_hosts_left(model):
+    # TLS tunnels are numbered over the hosts with workers: planned without host a, host b would be
+    # the first tunnel (127.0.1.1, which is a's); a fallback must dial what the master really has
+    from hydra_compose.inventory.topology import rpc_workers
+
+    raw = cluster(2, 2)
+    plan, fbs = plans(raw, model, ctx=4096)
+    tunnel = {w.host: w.endpoint for w in rpc_workers(ClusterConfig.model_validate(raw))}
+    assert tunnel == {"a": "127.0.1.1:50052", "b": "127.0.1.2:50052", "c": "127.0.1.3:50052"}
+    for lost, fb in fbs.items():
+        assert fb.plan.rpc_endpoints == [tunnel[h] for h in "abc" if h != lost], lost
+        assert all(d.slot.id.endswith(f"[{tunnel[d.slot.host]}]") for d in fb.plan.devices)
+
+
 def test_smaller_context_where_the_chosen_one_no_longer_fits(model):
     # 27 MiB of weights on three 51 MiB workers: 4096 tokens fit on three, not on two
     full, fbs = plans(cluster(0.05, 0.05, 0.05), model, ctx=4096)

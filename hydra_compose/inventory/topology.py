@@ -10,6 +10,7 @@ server (`-d CUDA0,CUDA1`), so copies between them stay on that host.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import vendors
@@ -184,3 +185,17 @@ def rpc_workers(cfg: ClusterConfig) -> list[Worker]:
                               "give each host its own address")
         seen[w.endpoint] = w.host
     return workers
+
+
+def with_devices(cfg: ClusterConfig, keep: Callable[[Device], bool]) -> ClusterConfig:
+    """The cluster with only the devices keep() accepts (for fallback and router plans). Hosts stay,
+    even without devices, and every remaining worker keeps its port: default ports are handed out in
+    order, so removing a device would move the later ones. Workers' addresses may still differ (TLS
+    tunnels are numbered over the hosts with workers): planner.subset names them as the whole cluster does."""
+    port_of = {id(d): w.port for w in rpc_workers(cfg) for d in w.devices}
+    hosts = []
+    for h in cfg.hosts:
+        devices = [d.model_copy(update={"rpc_port": port_of[id(d)]}) if id(d) in port_of else d
+                   for d in h.devices if keep(d)]
+        hosts.append(h.model_copy(update={"devices": devices}))
+    return cfg.model_copy(update={"hosts": hosts})

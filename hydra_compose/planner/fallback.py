@@ -9,9 +9,10 @@ from dataclasses import dataclass, replace
 
 from ..errors import PlanError
 from ..inventory.config import ClusterConfig
-from ..inventory.topology import Worker, rpc_workers
+from ..inventory.topology import Worker, rpc_workers, with_devices
 from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts
-from .plan import Plan, PlanOptions, make_plan
+from .plan import Plan, PlanOptions
+from .subset import plan_on
 
 
 @dataclass(frozen=True)
@@ -49,34 +50,24 @@ def lost_hosts(cfg: ClusterConfig, plan: Plan) -> list[str]:
 
 
 def _without_host(cfg: ClusterConfig, name: str) -> ClusterConfig:
-    return cfg.model_copy(update={"hosts": [h for h in cfg.hosts if h.name != name]})
+    gone = {id(d) for d in cfg.host(name).devices}
+    return with_devices(cfg, lambda d: id(d) not in gone)
 
 
 def _without_worker(cfg: ClusterConfig, lost: Worker) -> ClusterConfig:
-    """The host without one worker's devices; the others keep the ports they have now (default
-    ports are handed out in order, so removing a device would move the later ones)."""
-    mine = [w for w in rpc_workers(cfg) if w.host == lost.host]
-    port_of = {id(d): w.port for w in mine for d in w.devices}
     gone = {id(d) for d in lost.devices}
-    hosts = []
-    for h in cfg.hosts:
-        if h.name == lost.host:
-            devices = [d.model_copy(update={"rpc_port": port_of.get(id(d), d.rpc_port)})
-                       for d in h.devices if id(d) not in gone]
-            h = h.model_copy(update={"devices": devices})
-        hosts.append(h)
-    return cfg.model_copy(update={"hosts": hosts})
+    return with_devices(cfg, lambda d: id(d) not in gone)
 
 
-def _fallback(rest: ClusterConfig, host: str, worker: str | None, model: ModelFacts, opts: PlanOptions,
+def _fallback(cfg: ClusterConfig, rest: ClusterConfig, host: str, worker: str | None, model: ModelFacts, opts: PlanOptions,
               projector: ProjectorFacts | None, draft: ModelFacts | None) -> Fallback:
     try:
-        return Fallback(host, make_plan(rest, model, opts, projector, draft), worker=worker)
+        return Fallback(host, plan_on(cfg, rest, model, opts, projector, draft), worker=worker)
     except PlanError as exc:
         reason = exc.cause
     if opts.ctx is not None:  # a smaller context may still fit
         try:
-            return Fallback(host, make_plan(rest, model, replace(opts, ctx=None), projector, draft),
+            return Fallback(host, plan_on(cfg, rest, model, replace(opts, ctx=None), projector, draft),
                             ctx_reduced=True, worker=worker)
         except PlanError as exc:
             reason = exc.cause
@@ -89,11 +80,11 @@ def fallback_plans(cfg: ClusterConfig, plan: Plan, opts: PlanOptions, projector:
     used = {d.slot.endpoint for d in plan.devices if d.slot.kind == "rpc"}
     out = []
     for name in lost_hosts(cfg, plan):
-        out.append(_fallback(_without_host(cfg, name), name, None, plan.model, opts, projector, draft))
+        out.append(_fallback(cfg, _without_host(cfg, name), name, None, plan.model, opts, projector, draft))
         mine = [w for w in rpc_workers(cfg) if w.host == name]
         if len(mine) > 1:  # one GPU (or its worker) gone, the rest of the host still serving
             for w in mine:
                 if w.endpoint in used:
-                    out.append(_fallback(_without_worker(cfg, w), name, w.service, plan.model, opts, projector,
+                    out.append(_fallback(cfg, _without_worker(cfg, w), name, w.service, plan.model, opts, projector,
                                          draft))
     return out
