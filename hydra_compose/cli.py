@@ -106,11 +106,25 @@ def plan(model: Optional[str] = _MODEL, ctx: Optional[int] = _CTX, parallel: Opt
         else:
             present.compare(table)
         return
-    name, result, fallbacks = cmd.run(_project(), model, **overrides)
+    project = _project()
+    if model is None and project.config.served_models:
+        router = cmd.run_router(project, **overrides)
+        if as_json:
+            present.print_json(cmd.router_json(router))
+        else:
+            present.router(router)
+        return
+    name, result, fallbacks = cmd.run(project, model, **overrides)
+    replicas = cmd.run_replicas(project, model, **overrides)
+    if replicas and replicas.chosen.replicas > 1:
+        result, fallbacks = replicas.plans[0], []  # one replica's plan; the balancer stands in for fallbacks
     if as_json:
-        present.print_json(cmd.to_json(name, result, fallbacks))
+        present.print_json({**cmd.to_json(name, result, fallbacks),
+                            **({"replicas": cmd.replicas_json(replicas)} if replicas else {})})
     else:
         present.plan(name, result, fallbacks)
+        if replicas:
+            present.replica_choices(replicas)
 
 
 @app.command()

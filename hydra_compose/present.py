@@ -189,14 +189,52 @@ def compare(candidates) -> None:  # noqa: ANN001 - planner.compare.Candidate lis
     o.print("not a candidate: --split-mode tensor (over RPC 72 % slower than the layer split, DESIGN.md)", markup=False)
 
 
+def router_summary(router) -> None:  # noqa: ANN001 - planner.router.RouterPlan
+    o = console()
+    for m in router.models:
+        o.print(f"model {m.name}: split {m.plan.tensor_split}, ctx {m.plan.ctx}, predicted "
+                f"{m.plan.predicted_tg_tokens_per_s:.0f} tok/s, workers {','.join(m.plan.rpc_endpoints) or 'none'}",
+                markup=False)
+    o.print("router: " + (f"every model on workers of its own, all {router.models_max} loaded together"
+                          if router.resident else
+                          f"one model loaded at a time (the models share workers: {router.why_switching})"),
+            markup=False)
+
+
+def replica_choices(rp) -> None:  # noqa: ANN001 - planner.replicas.ReplicaPlan
+    o = console()
+    for c in rp.choices:
+        mark = "chosen" if c is rp.chosen else "      "
+        if c.plans:
+            o.print(f"{mark} replicas {c.replicas}: one stream {c.single_tps:.0f} tok/s, {rp.concurrency} streams "
+                    f"{c.aggregate_tps:.0f} tok/s in all; workers "
+                    + " | ".join(",".join(p.rpc_endpoints) or "local" for p in c.plans), markup=False)
+        else:
+            o.print(f"{mark} replicas {c.replicas}: {shown(c.why_not)}", markup=False)
+    o.print(f"goal {rp.goal}: {rp.chosen.replicas} replica(s)"
+            + (" behind HAProxy (least connections, health-checked)" if rp.chosen.replicas > 1 else ""), markup=False)
+
+
+def router(r) -> None:  # noqa: ANN001 - planner.router.RouterPlan
+    for m in r.models:
+        console().rule(f"model {m.name}")
+        plan(m.name, m.plan, [])
+    router_summary(r)
+
+
 def generate(r) -> None:  # noqa: ANN001 - commands.generate.GenerateResult
     o = console()
     for path in r.files:
         o.print(f"{'wrote    ' if path in r.changed else 'unchanged'} {r.out_dir / path}", markup=False)
     for w in r.warnings:
         o.print(f"warning: {shown(w)}", markup=False)
-    o.print(f"model {r.model_name}: split {r.plan.tensor_split}, ctx {r.plan.ctx}, "
-            f"predicted {r.plan.predicted_tg_tokens_per_s:.0f} tok/s", markup=False)
+    if r.router:
+        router_summary(r.router)
+    elif r.replicas:
+        replica_choices(r.replicas)
+    else:
+        o.print(f"model {r.model_name}: split {r.plan.tensor_split}, ctx {r.plan.ctx}, "
+                f"predicted {r.plan.predicted_tg_tokens_per_s:.0f} tok/s", markup=False)
     for fb in r.fallbacks:
         o.print(f"fallback {shown(fb.describe())}", markup=False)
     if r.target == "kubernetes":
@@ -246,6 +284,8 @@ def status(st) -> None:  # noqa: ANN001 - commands.status.StatusResult
             f"slots busy {m.slots_processing}/{m.slots}, "
             f"decode {m.predicted_tokens_per_s} tok/s"
             + (f"; {shown(m.mode)}" if m.mode and m.mode != "full" else ""), markup=False)
+    if m.models:
+        o.print("models: " + ", ".join(f"{shown(name)} {shown(state)}" for name, state in m.models), markup=False)
     table = _table("host", "worker", "endpoint", "container", "reachable", "llama.cpp", "RPC protocol")
     for w in st.workers:
         table.add_row(w.host, w.service, w.endpoint, shown(f"{w.state} {w.health or ''}".strip()),

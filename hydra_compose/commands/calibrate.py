@@ -22,7 +22,7 @@ from ..inventory.topology import Worker, local_gpus, rpc_workers
 from ..runtime.calibration import ComposeRunner, device_runs, fit_device, model_facts
 from ..runtime.calibration_models import write_models
 from ..runtime.rpc_link import LinkFigures, measure_link
-from ..runtime.stacks import Stack, containers, stacks
+from ..runtime.stacks import Stack, containers, stacks, server_services
 from .context import Project
 from .inspect import write_atomically
 
@@ -72,10 +72,12 @@ def run(project: Project, hosts: list[str] | None, step: Callable[[str], None]) 
         step("writing the calibration models")
         models = write_models(Path(tmp))
         facts = model_facts(models)
-        was_running = containers(master).get("llama-server", {}).get("State") == "running"
+        servers = [s for s in server_services(master) if s != "balancer"]
+        rows = containers(master)
+        was_running = [s for s in servers if rows.get(s, {}).get("State") == "running"]
         if was_running:  # a worker serving the master accepts nobody else
             step(f"{cfg.master.host}: stopping llama-server while its workers are measured")
-            master.checked("stop", "llama-server")
+            master.checked("stop", *was_running)
         try:
             for host_name, mine in by_host.items():
                 step(f"{host_name}: link and devices, from the master through RPC")
@@ -85,7 +87,7 @@ def run(project: Project, hosts: list[str] | None, step: Callable[[str], None]) 
         finally:
             if was_running:
                 step(f"{cfg.master.host}: starting llama-server again")  # and waiting until it answers
-                master.checked("up", "-d", "--no-build", "--wait", "--wait-timeout", "900", "llama-server")
+                master.checked("up", "-d", "--no-build", "--wait", "--wait-timeout", "900", *was_running)
     return CalibrateResult(tuple(devices), tuple(links), (), _record(project, devices, links))
 
 

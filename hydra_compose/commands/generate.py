@@ -11,13 +11,18 @@ from pathlib import Path
 
 from ..planner.fallback import Fallback, fallback_plans
 from ..planner.plan import Plan, PlanOptions, make_plan
+from ..planner.replicas import ReplicaPlan, expected_streams, plan_replicas
+from ..planner.router import ModelRequest, RouterPlan, plan_router
 from ..inventory.topology import rpc_tls, tls_hosts
 from ..render.compose import (HEADER, RenderedFile, ServedModel, build_source, render_compose, render_dockerfiles,
                               render_env, render_fallbacks, render_notes, render_supervisor, render_tls_conf,
                               tls_sections)
 from ..runtime.pki import cluster_certificates
+from ..errors import ConfigError
 from ..render import kubernetes
+from ..render.balancer import render_haproxy
 from ..render.monitoring import render_monitoring
+from ..render.server_args import Routing, render_preset
 from ..render.native import render_native
 from ..runtime.writer import write_files
 from .context import Project
@@ -33,6 +38,8 @@ class GenerateResult:
     warnings: tuple[str, ...] = ()  # the plan's, then the images' and the device access's
     fallbacks: tuple[Fallback, ...] = ()  # one per worker host the master can lose
     target: str = "compose"
+    router: RouterPlan | None = None  # serve: several models behind the router (plan is its first model's)
+    replicas: ReplicaPlan | None = None  # replicas: in cluster.yaml (plan is the first replica's)
 
 
 def existing_key(env_file: Path, name: str = "LLAMA_API_KEY") -> str | None:
@@ -58,12 +65,13 @@ def existing_user_keys(env_file: Path) -> dict[str, str]:
 
 
 def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
-               fallbacks: list[Fallback] = (), rotate_certs: bool = False) -> list[RenderedFile]:
+               fallbacks: list[Fallback] = (), rotate_certs: bool = False,
+               routing: Routing | None = None, replicas: tuple[Plan, ...] = ()) -> list[RenderedFile]:
     cfg = project.config
     config_name = os.path.relpath(project.config_path.resolve(), out_dir.resolve())
     files = render_dockerfiles(cfg, project.config_path.name, project.root / "templates")
     if cfg.cluster.target == "kubernetes":
-        return files + render_pods(project, out_dir, served, plan, fallbacks, rotate_certs)
+        return files + render_pods(project, out_dir, served, plan, fallbacks, rotate_certs, routing)
     for host in cfg.hosts:
         if host.runtime == "native":
             files += _native_files(project, host)
@@ -73,9 +81,13 @@ def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
         models_rel = os.path.relpath(project.models_dir, compose_dir.resolve())
         files.append(RenderedFile(f"compose/{host.name}/docker-compose.yml",
                                   render_compose(cfg, plan, served, host, config_name, source, models_rel,
-                                                 bool(fallbacks))))
+                                                 bool(fallbacks), routing, replicas)))
         if host.name == cfg.master.host:
             files.append(RenderedFile(f"compose/{host.name}/supervise.sh", render_supervisor(), mode=0o755))
+            if routing:
+                files.append(RenderedFile(f"compose/{host.name}/models.ini", render_preset(routing)))
+            if len(replicas) > 1:
+                files.append(RenderedFile(f"compose/{host.name}/haproxy.cfg", render_haproxy(cfg, len(replicas))))
             files += [RenderedFile(f"compose/{host.name}/{f.path}", f.text, f.mode)
                       for f in render_fallbacks(cfg, list(fallbacks), served)]
         key = password = None
@@ -99,14 +111,15 @@ def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
 
 
 def render_pods(project: Project, out_dir: Path, served: ServedModel, plan: Plan, fallbacks: list[Fallback],
-                rotate_certs: bool) -> list[RenderedFile]:
+                rotate_certs: bool, routing: Routing | None = None) -> list[RenderedFile]:
     """k8s/ (and native hosts' services, which the master pod dials at their addresses), the API key
     file and the TLS keys kustomize turns into Secrets."""
     cfg = project.config
     k8s_dir = out_dir / kubernetes.OUT
     config_name = os.path.relpath(project.config_path.resolve(), k8s_dir.resolve())
     source = build_source(cfg, out_dir.resolve(), project.root, k8s_dir.resolve())
-    files = kubernetes.render_kubernetes(cfg, plan, served, list(fallbacks), source, config_name, render_supervisor())
+    files = kubernetes.render_kubernetes(cfg, plan, served, list(fallbacks), source, config_name, render_supervisor(),
+                                         routing)
     for host in cfg.hosts:
         if host.runtime == "native":
             files += _native_files(project, host)
@@ -126,17 +139,58 @@ def run(project: Project, model: str | None, out_dir: Path | None, force: bool, 
         cfg = project.config
         project = Project(project.config_path, cfg.model_copy(update={
             "cluster": cfg.cluster.model_copy(update={"target": target})}))
+    if model is None and project.config.served_models:
+        return _run_router(project, out_dir, force, rotate_certs, **overrides)
     name, entry = project.model_entry(model)
     facts = project.model_facts(entry)
     opts = PlanOptions.from_entry(entry, **overrides)
     projector, draft = project.projector_facts(entry), project.draft_facts(entry)
-    plan = make_plan(project.config, facts, opts, projector, draft)
-    fallbacks = fallback_plans(project.config, plan, opts, projector, draft)
+    replicas = None
+    if entry.replicas != 1:
+        replicas = plan_replicas(project.config, facts, opts, entry.replicas, entry.goal,
+                                 expected_streams(opts.parallel, entry.concurrency), projector, draft)
+        plan = replicas.plans[0]
+    else:
+        plan = make_plan(project.config, facts, opts, projector, draft)
+    several = replicas is not None and replicas.chosen.replicas > 1
+    if several and project.config.cluster.target == "kubernetes":
+        raise ConfigError("replicas are written for the compose target only",
+                          "set replicas: 1 for Kubernetes (one llama-server per cluster for now), or target: compose")
+    # replicas need no fallback plans: the balancer sends requests to the replicas still answering
+    fallbacks = [] if several else fallback_plans(project.config, plan, opts, projector, draft)
     out = out_dir or project.root
     files = render_all(project, out, ServedModel.of(name, entry), plan, fallbacks,
-                       rotate_certs)
+                       rotate_certs, replicas=replicas.plans if several else ())
     changed = write_files(out, files, force)
     notes = kubernetes.render_notes(project.config) if project.config.cluster.target == "kubernetes" else \
         render_notes(project.config)
     return GenerateResult(out, name, plan, tuple(f.path for f in files), tuple(changed),
-                          (*plan.warnings, *notes), tuple(fallbacks), project.config.cluster.target)
+                          (*plan.warnings, *notes), tuple(fallbacks), project.config.cluster.target,
+                          replicas=replicas)
+
+
+def model_requests(project: Project, names: list[str], **overrides: object) -> list[ModelRequest]:
+    """The models of serve: as the router planner takes them (--ctx etc. apply to each)."""
+    out = []
+    for name in names:
+        entry = project.config.models[name]
+        out.append(ModelRequest(name, project.model_facts(entry), PlanOptions.from_entry(entry, **overrides),
+                                project.projector_facts(entry), project.draft_facts(entry)))
+    return out
+
+
+def _run_router(project: Project, out_dir: Path | None, force: bool, rotate_certs: bool,
+                **overrides: object) -> GenerateResult:
+    cfg = project.config
+    names = cfg.served_models
+    router = plan_router(cfg, model_requests(project, names, **overrides))
+    routing = Routing(router, tuple(ServedModel.of(n, cfg.models[n]) for n in names))
+    first = router.models[0]
+    out = out_dir or project.root
+    # no fallback plans: the supervisor restarts the router when a worker comes back, not on a smaller plan
+    files = render_all(project, out, routing.served[0], first.plan, [], rotate_certs, routing)
+    changed = write_files(out, files, force)
+    warnings = [f"{m.name}: {w}" for m in router.models for w in m.plan.warnings]
+    notes = kubernetes.render_notes(cfg) if cfg.cluster.target == "kubernetes" else render_notes(cfg)
+    return GenerateResult(out, first.name, first.plan, tuple(f.path for f in files), tuple(changed),
+                          (*warnings, *notes), (), cfg.cluster.target, router)

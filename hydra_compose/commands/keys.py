@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError, UsageError
 from ..render.compose import USER_KEY_PREFIX, user_key_lines
 from ..render.common import RenderedFile
-from ..runtime.stacks import stacks
+from ..runtime.stacks import stacks, server_services
 from ..runtime.writer import write_files
 from .context import Project
 from .generate import existing_key, existing_user_keys
@@ -78,9 +78,11 @@ def _restart(project: Project, apply: bool) -> tuple[str, ...]:
     if not apply:
         return ()
     master = next(s for s in stacks(project) if s.is_master)
-    # compose recreates llama-server alone (its environment changed); --no-deps leaves the workers be
-    master.checked("up", "-d", "--no-deps", "--wait", "--wait-timeout", "900", "llama-server")
-    return (f"{master.host.name}/llama-server",)
+    # compose recreates llama-server alone (each replica: their environment changed); --no-deps leaves
+    # the workers be
+    servers = server_services(master)
+    master.checked("up", "-d", "--no-deps", "--wait", "--wait-timeout", "900", *servers)
+    return tuple(f"{master.host.name}/{s}" for s in servers)
 
 
 def add(project: Project, name: str, apply: bool) -> KeysResult:

@@ -4,6 +4,8 @@ from ..planner.compare import Candidate, why_chosen
 from ..planner.compare import compare as compare_plans
 from ..planner.fallback import Fallback, fallback_plans
 from ..planner.plan import Plan, PlanOptions, make_plan
+from ..planner.replicas import ReplicaPlan, expected_streams, plan_replicas
+from ..planner.router import RouterPlan, plan_router
 from .context import Project
 
 
@@ -15,6 +17,38 @@ def run(project: Project, model: str | None, **overrides: object) -> tuple[str, 
     extras = (project.projector_facts(entry), project.draft_facts(entry))
     plan = make_plan(project.config, facts, opts, *extras)
     return name, plan, fallback_plans(project.config, plan, opts, *extras)
+
+
+def run_replicas(project: Project, model: str | None, **overrides: object) -> ReplicaPlan | None:
+    """replicas: in cluster.yaml: every count of groups considered, and the one chosen by goal."""
+    name, entry = project.model_entry(model)
+    if entry.replicas == 1:
+        return None
+    opts = PlanOptions.from_entry(entry, **overrides)
+    return plan_replicas(project.config, project.model_facts(entry), opts, entry.replicas, entry.goal,
+                         expected_streams(opts.parallel, entry.concurrency), project.projector_facts(entry),
+                         project.draft_facts(entry))
+
+
+def replicas_json(rp: ReplicaPlan) -> dict:
+    return {"goal": rp.goal, "concurrency": rp.concurrency, "chosen": rp.chosen.replicas, "choices": [
+        {"replicas": c.replicas, "fits": bool(c.plans), "why_not": c.why_not,
+         "single_tg_tokens_per_s": round(c.single_tps, 1), "aggregate_tg_tokens_per_s": round(c.aggregate_tps, 1),
+         "rpc": [p.rpc_endpoints for p in c.plans], "tensor_split": [p.tensor_split for p in c.plans]}
+        for c in rp.choices]}
+
+
+def run_router(project: Project, **overrides: object) -> RouterPlan:
+    """serve: several models: each model's plan, and whether they stay loaded together."""
+    from .generate import model_requests
+
+    return plan_router(project.config, model_requests(project, project.config.served_models, **overrides))
+
+
+def router_json(router: RouterPlan) -> dict:
+    return {"version": 2, "router": {"resident": router.resident, "models_max": router.models_max,
+                                     "why_switching": router.why_switching, "rpc": router.rpc_endpoints},
+            "models": [to_json(m.name, m.plan) for m in router.models]}
 
 
 def compare(project: Project, model: str | None, **overrides: object) -> list[Candidate]:

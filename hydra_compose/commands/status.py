@@ -51,6 +51,7 @@ class MasterStatus:
     predicted_tokens_per_s: float | None = None
     stalled: bool | None = None
     mode: str | None = None  # the supervisor's: "full", "degraded: without HOST (...)" or "down: why"
+    models: tuple[tuple[str, str], ...] | None = None  # router: (name, loaded|unloaded|loading|...) per model
 
 
 @dataclass(frozen=True)
@@ -162,33 +163,93 @@ def run(project: Project, api_key: str | None) -> StatusResult:
                         "llama.cpp ref everywhere")
     master = MasterStatus(host=cfg.master.host, port=cfg.master.port, url=url, state=state, health=health,
                           **{"healthy": False, **fields})
-    plan = running_plan(project, command, fields.get("mode"), warnings)
+    plan = running_plan(project, command, fields.get("mode"), warnings, fields.get("models"))
     devices, over = device_rows(cfg, plan, all_stacks, running)
     return StatusResult(master, tuple(workers), tuple(warnings + over), tuple(devices))
 
 
-def running_plan(project: Project, command: list[str], mode: str | None, warnings: list[str]):  # noqa: ANN201
+def running_plan(project: Project, command: list[str], mode: str | None, warnings: list[str],
+                 models: tuple[tuple[str, str], ...] | None = None):  # noqa: ANN201
     """The plan llama-server runs, recomputed from cluster.yaml and the model's header, when its
     arguments are exactly what the compose file says (else None: a fallback serves, or generate ran
-    with other options than cluster.yaml's)."""
+    with other options than cluster.yaml's). A router: its loaded models' devices together."""
     from ..errors import HydraError
     from ..planner.plan import PlanOptions, make_plan
     from ..render.compose import ServedModel, server_args
 
+    if "--models-preset" in command:
+        return _router_plan(project, command, models or (), warnings)
     if "--alias" not in command[:-1] or (mode and mode != "full"):
         return None
     try:
         name, entry = project.model_entry(command[command.index("--alias") + 1])
-        plan = make_plan(project.config, project.model_facts(entry), PlanOptions.from_entry(entry),
-                         project.projector_facts(entry), project.draft_facts(entry))
+        opts = PlanOptions.from_entry(entry)
+        extras = (project.projector_facts(entry), project.draft_facts(entry))
         written = [a.replace("$$", "$") for a in command]  # compose's escaping of '$'
-        if server_args(project.config, plan, ServedModel.of(name, entry)) == written:
-            return plan
+        if entry.replicas != 1:  # the first replica's command; the devices of every replica
+            from dataclasses import replace
+
+            from ..planner.replicas import expected_streams, plan_replicas, replica_port
+
+            replicas = plan_replicas(project.config, project.model_facts(entry), opts, entry.replicas, entry.goal,
+                                     expected_streams(opts.parallel, entry.concurrency), *extras).plans
+            first = server_args(project.config, replicas[0], ServedModel.of(name, entry),
+                                *(("127.0.0.1", None, replica_port(project.config, 0)) if len(replicas) > 1 else ()))
+            if first == written:
+                return replace(replicas[0], devices=tuple(d for p in replicas for d in p.devices))
+        else:
+            plan = make_plan(project.config, project.model_facts(entry), opts, *extras)
+            if server_args(project.config, plan, ServedModel.of(name, entry)) == written:
+                return plan
     except HydraError:
         pass
-    warnings.append("planned MiB per device not shown: the master runs other arguments than cluster.yaml's plan "
-                    "(generate with options, or an edited cluster.yaml): run generate again")
+    warnings.append(STALE_PLAN)
     return None
+
+
+STALE_PLAN = ("planned MiB per device not shown: the master runs other arguments than cluster.yaml's plan "
+              "(generate with options, or an edited cluster.yaml): run generate again")
+
+
+def _router_plan(project: Project, command: list[str], models: tuple[tuple[str, str], ...],
+                 warnings: list[str]):  # noqa: ANN202
+    from dataclasses import replace
+
+    from ..errors import HydraError
+    from ..planner.router import plan_router
+    from ..render.server_args import Routing, ServedModel, router_args
+    from .generate import model_requests
+
+    cfg = project.config
+    try:
+        names = cfg.served_models
+        router = plan_router(cfg, model_requests(project, names))
+        routing = Routing(router, tuple(ServedModel.of(n, cfg.models[n]) for n in names))
+        if router_args(cfg, routing) != command:
+            warnings.append(STALE_PLAN)
+            return None
+    except HydraError:
+        warnings.append(STALE_PLAN)
+        return None
+    loaded = {name for name, state in models if state == "loaded"}
+    plans = [m.plan for m in router.models if m.name in loaded]
+    if not plans:
+        return None
+    return replace(plans[0], devices=tuple(d for p in plans for d in p.devices))
+
+
+def _models(payload: object) -> tuple[tuple[str, str], ...] | None:
+    """A router's /models: (id, status) of each model (None from a plain llama-server, which has no status)."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        return None
+    out = []
+    for m in data[:64]:
+        state = m.get("status") if isinstance(m, dict) else None
+        if not isinstance(state, dict) or not isinstance(m.get("id"), str) or not isinstance(state.get("value"), str):
+            return None
+        out.append((m["id"][:100], state["value"][:20]))
+    return tuple(out) or None
 
 
 def _pods(project: Project, api_key: str | None) -> StatusResult:
@@ -219,6 +280,7 @@ def master_answers(url: str, headers: dict) -> dict:
             if not out["healthy"]:
                 return out
             out["model"] = _json_or_none(client, "/v1/models", model_id)
+            out["models"] = _json_or_none(client, "/models", _models)
             slots = _json_or_none(client, "/slots", lambda x: x if isinstance(x, list) else None)
             if slots is not None:
                 out["slots"] = len(slots)

@@ -317,6 +317,11 @@ class ModelEntry(Strict):
     draft_max: Annotated[int, Field(ge=1, le=32)] | None = None
     acceptance: Annotated[float, Field(ge=1, le=33)] | None = None
     lora: Annotated[list[LoraAdapter], Field(max_length=8)] = []  # adapters applied to every request
+    # several llama-servers, each on its own group of workers, behind a load balancer (HAProxy):
+    # a number, or auto (chosen by goal at the expected concurrency: streams at once, default parallel)
+    replicas: Literal["auto"] | Annotated[int, Field(ge=1, le=16)] = 1
+    goal: Literal["latency", "throughput"] = "latency"
+    concurrency: Annotated[int, Field(ge=1, le=4096)] | None = None
     default: bool = False
 
 
@@ -325,6 +330,9 @@ class ClusterConfig(Strict):
     master: MasterSection
     hosts: list[Host]
     models: dict[Annotated[str, AfterValidator(safe_values.model_name)], ModelEntry] = {}
+    # several models behind one llama-server router (--models-preset), each on its own plan; "all": every
+    # model above. Unset: one model (the default) as a plain llama-server
+    serve: Literal["all"] | Annotated[list[str], Field(min_length=2, max_length=16)] | None = None
     kubernetes: KubernetesSection = KubernetesSection()
     # a `monitoring` compose profile: Prometheus + Grafana on the master, GPU and node exporters on every host
     monitoring: bool = False
@@ -346,7 +354,24 @@ class ClusterConfig(Strict):
         defaults = [n for n, m in self.models.items() if m.default]
         if len(defaults) > 1:
             raise ValueError(f"models {', '.join(defaults)} are all marked default; mark one")
+        if isinstance(self.serve, list):
+            unknown = [n for n in self.serve if n not in self.models]
+            if unknown:
+                raise ValueError(f"serve names {unknown[0]!r}, which is not under models: "
+                                 f"({', '.join(self.models) or 'none'})")
+            if len(set(self.serve)) != len(self.serve):
+                raise ValueError("serve names a model twice")
+        replicated = [n for n in self.served_models if self.models[n].replicas != 1]
+        if replicated:
+            raise ValueError(f"models.{replicated[0]}.replicas: replicas are for one model served alone, not "
+                             "behind the router (serve:); remove one of the two")
         return self
+
+    @property
+    def served_models(self) -> list[str]:
+        """The models the router serves (serve:), or [] for one plain llama-server."""
+        names = list(self.models) if self.serve == "all" else list(self.serve or [])
+        return names if len(names) > 1 else []
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)

@@ -25,16 +25,18 @@ def subset_config(cfg: ClusterConfig, keep: Callable[[Device], bool]) -> Cluster
 def named_as_in(cfg: ClusterConfig, plan: Plan) -> Plan:
     """plan, made on a subset of cfg, with its RPC devices' endpoints (and ids) those of cfg: a worker is
     the same (host, port) in both, but its TLS tunnel address depends on which hosts have workers."""
-    endpoint_of = {(w.host, w.port): w.endpoint for w in rpc_workers(cfg)}
+    worker_at = {(w.host, w.port): w for w in rpc_workers(cfg)}
     renamed: dict[str, str] = {}
 
     def rename(slot):  # noqa: ANN001, ANN202 - a placement Slot
         if slot.kind != "rpc" or slot.endpoint is None:
             return slot
-        endpoint = endpoint_of[(slot.host, int(slot.endpoint.rsplit(":", 1)[1]))]
-        new_id = slot.id.replace(f"[{slot.endpoint}]", f"[{endpoint}]")
+        worker = worker_at[(slot.host, int(slot.endpoint.rsplit(":", 1)[1]))]
+        new_id = slot.id.replace(f"[{slot.endpoint}]", f"[{worker.endpoint}]")
         renamed[slot.id] = new_id
-        return replace(slot, id=new_id, endpoint=endpoint)
+        # the device as cfg holds it (the subset's are copies): status matches devices by identity
+        device = worker.devices[int(slot.id[len("RPC"):slot.id.index("[")])]
+        return replace(slot, id=new_id, endpoint=worker.endpoint, device=device)
 
     devices = tuple(replace(d, slot=rename(d.slot)) for d in plan.devices)
     left_out = tuple(rename(s) for s in plan.left_out)

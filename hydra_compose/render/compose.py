@@ -17,13 +17,16 @@ import yaml
 from .. import vendors
 from ..errors import RenderError
 from ..inventory.config import ClusterConfig, Host
-from ..inventory.topology import Worker, loopback, master_bind, master_url, master_vendor, rpc_workers
+from ..inventory.topology import Worker, loopback, master_url, master_vendor, rpc_workers
 from ..planner.fallback import Fallback
 from ..planner.plan import Plan
+from ..planner.replicas import replica_port
 from ..vendors.base import ImageSpec, Interpolated
 from . import images, monitoring
 from .common import HEADER, RenderedFile
+from .balancer import balancer_service, replica_service
 from .images import dockerfile_name, host_image
+from .server_args import PRESET_PATH, Routing, ServedModel, router_args, server_args  # noqa: F401 - re-exported
 
 MAX_TAG = 128
 
@@ -48,19 +51,6 @@ def _interpolated(dumper: yaml.SafeDumper, value: Interpolated) -> yaml.Node:
 
 _Dumper.add_representer(str, _str)
 _Dumper.add_representer(Interpolated, _interpolated)
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    name: str  # what clients ask for (--alias)
-    file: str  # below models/
-    mmproj: str | None = None
-    draft: str | None = None  # the speculative draft model (used when a plan speculates with one)
-    lora: tuple[tuple[str, float], ...] = ()  # LoRA adapters (file below models/, scale)
-
-    @classmethod
-    def of(cls, name: str, entry) -> ServedModel:  # noqa: ANN001 - a cluster.yaml ModelEntry
-        return cls(name, entry.file, entry.mmproj, entry.draft, tuple((a.file, a.scale) for a in entry.lora))
 
 
 def _tag(ref: str) -> str:
@@ -135,57 +125,46 @@ def _worker_service(w: Worker, host: Host, source: BuildSource, cfg: ClusterConf
     return svc
 
 
-def server_args(cfg: ClusterConfig, plan: Plan, served: ServedModel, bind: str | None = None,
-                endpoints: dict[str, str] | None = None) -> list[str]:
-    """llama-server's arguments for one plan (the full plan, or a fallback without a host).
-    bind and endpoints (--rpc entry -> what to dial instead) serve other targets (a pod's network)."""
-    planned = plan.llama_server_args()
-    if endpoints and "--rpc" in planned:
-        i = planned.index("--rpc") + 1
-        planned[i] = ",".join(endpoints.get(e, e) for e in planned[i].split(","))
-    args = ["-m", f"/models/{served.file}", "--alias", served.name, "--host", bind or master_bind(cfg),
-            "--port", str(cfg.master.port), "--metrics", *planned]
-    if not cfg.master.ui:
-        args.append("--no-ui")
-    if served.mmproj:
-        args += ["--mmproj", f"/models/{served.mmproj}"]
-    if served.lora:
-        args += ["--lora-scaled", ",".join(f"/models/{f}:{s:g}" for f, s in served.lora)]
-    if served.draft and plan.speculation is not None and plan.speculation.mode == "draft":
-        args += ["-md", f"/models/{served.draft}"]
-    return args
-
-
 def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: list[Worker],
-                    source: BuildSource, models_rel: str, served: ServedModel, fallbacks: bool) -> dict:
+                    source: BuildSource, models_rel: str, served: ServedModel, fallbacks: bool,
+                    routing: Routing | None = None, replica: int | None = None) -> dict:
     vendor = master_vendor(cfg)
-    command = server_args(cfg, plan, served)
+    if routing:
+        command = router_args(cfg, routing)
+    elif replica is not None:  # behind the balancer, on the master's loopback
+        command = server_args(cfg, plan, served, bind="127.0.0.1", port=replica_port(cfg, replica))
+    else:
+        command = server_args(cfg, plan, served)
     spec = host_image(host, vendor)
     svc: dict = {"image": image_name(spec, "server", source), "build": build_spec(spec, "server", source, cfg),
                  # the supervisor restarts llama-server when a worker restarts (it never reconnects)
                  "entrypoint": ["/bin/bash", "/hydra/supervise.sh"], "command": command}
-    gpus = [d for d in plan.devices if d.slot.kind == "local"]
+    plans = [m.plan for m in routing.plan.models] if routing else [plan]
+    gpus = list({id(d.slot.device): d.slot.device for p in plans for d in p.devices if d.slot.kind == "local"}.values())
     if gpus:
-        svc.update(vendors.get(vendor).gpu_access(host, [d.slot.device for d in gpus]))
+        svc.update(vendors.get(vendor).gpu_access(host, gpus))
     environment: dict = {"LLAMA_ARG_LOG_VERBOSITY": Interpolated("${LLAMA_ARG_LOG_VERBOSITY:-3}")}
+    if routing:  # the router's children dial the workers; the supervisor waits for them all
+        environment["HYDRA_RPC_WORKERS"] = ",".join(routing.plan.rpc_endpoints)
     if fallbacks:
         environment.update({"HYDRA_FAILOVER_S": str(cfg.master.failover_s),
                             "HYDRA_FAILBACK_S": str(cfg.master.failback_s)})
     if cfg.master.api_key:
         # the cluster's own key, then the users' (`hydra-compose keys`): llama-server takes a comma-separated list
         environment["LLAMA_API_KEY"] = Interpolated("${LLAMA_API_KEY:?set LLAMA_API_KEY in .env}${HYDRA_USER_KEYS:-}")
-    health = f"{master_url(cfg)}/health"
+    health = f"{master_url(cfg)}/health" if replica is None else f"http://127.0.0.1:{replica_port(cfg, replica)}/health"
     svc.update({
         "environment": environment,
         "network_mode": "host",
         "restart": "unless-stopped",
         "volumes": [f"{models_rel}:/models:ro", "./supervise.sh:/hydra/supervise.sh:ro",
-                    *(["./fallback:/hydra/fallback:ro"] if fallbacks else [])],
+                    *(["./fallback:/hydra/fallback:ro"] if fallbacks else []),
+                    *([f"./models.ini:{PRESET_PATH}:ro"] if routing else [])],
         # the URL is an argument of the script, never part of it
         "healthcheck": {"test": ["CMD", "bash", "-c", 'curl -fsS -- "$1" && ! test -e /tmp/hydra-stalled',
                                  "healthcheck", health],
                         "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "300s"},
-        "labels": _labels("master", host),
+        "labels": {**_labels("master", host), **({} if replica is None else {"io.hydra-compose.replica": str(replica + 1)})},
     })
     needs = [w.service for w in local_workers] + (["rpc-tls"] if tls_sections(cfg, host) else [])
     if needs:
@@ -267,11 +246,22 @@ def render_notes(cfg: ClusterConfig) -> list[str]:
 
 
 def render_compose(cfg: ClusterConfig, plan: Plan, served: ServedModel, host: Host, config_name: str,
-                   source: BuildSource, models_rel: str, fallbacks: bool = False) -> str:
+                   source: BuildSource, models_rel: str, fallbacks: bool = False, routing: Routing | None = None,
+                   replicas: tuple[Plan, ...] = ()) -> str:
+    """replicas: two or more plans on disjoint workers, one llama-server each behind the balancer."""
     workers = [w for w in rpc_workers(cfg) if w.host == host.name]
     services = {w.service: _worker_service(w, host, source, cfg) for w in workers}
-    if host.name == cfg.master.host:
-        services["llama-server"] = _master_service(cfg, plan, host, workers, source, models_rel, served, fallbacks)
+    if host.name == cfg.master.host and len(replicas) > 1:
+        for i, p in enumerate(replicas):
+            mine = [w for w in workers if w.endpoint in p.rpc_endpoints]
+            services[replica_service(i)] = _master_service(cfg, p, host, mine, source, models_rel, served, False,
+                                                           replica=i)
+        spec = host_image(host, master_vendor(cfg))
+        services["balancer"] = balancer_service(cfg, host, image_name(spec, "balancer", source),
+                                                build_spec(spec, "balancer", source, cfg), len(replicas))
+    elif host.name == cfg.master.host:
+        services["llama-server"] = _master_service(cfg, plan, host, workers, source, models_rel, served, fallbacks,
+                                                   routing)
     if tls_sections(cfg, host):  # the same image as the host's first service: stunnel is in every image
         first = next(iter(services.values()))
         services["rpc-tls"] = _tls_service(cfg, host, {"image": first["image"], "build": copy.deepcopy(first["build"])})

@@ -47,6 +47,7 @@ def dockerfile_name(vendor: str) -> str:
 
 
 UI_IMAGE = "debian:trixie-slim"  # Node.js 20.19, what the web UI's Vite 7 needs
+BALANCER_IMAGE = "debian:bookworm-slim"  # HAProxy 2.6 LTS; small whatever the vendor's runtime image is
 
 
 def render_dockerfiles(cfg: ClusterConfig, header: str, user_templates: Path | None) -> list[tuple[str, str]]:
@@ -63,7 +64,7 @@ def render_dockerfiles(cfg: ClusterConfig, header: str, user_templates: Path | N
         ctx = dict(header=header, vendor=record.name, llama_cpp_git=src.git_url, llama_cpp_ref=src.git_ref,
                    cpu_flags=CPU_FLAGS, build_image=first.build_image, runtime_image=first.runtime_image,
                    vendor_title=record.title, releases=sorted({s.release for s in specs if s.release}),
-                   ui=cfg.master.ui, ui_image=UI_IMAGE,
+                   ui=cfg.master.ui, ui_image=UI_IMAGE, balancer_image=BALANCER_IMAGE,
                    **record.template_context(first, specs))
         name = dockerfile_name(record.name)
         files.append((f"dockerfiles/{name}", render_template(f"{name}.j2", ctx, user_templates)))

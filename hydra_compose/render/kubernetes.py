@@ -33,6 +33,7 @@ from ..inventory.topology import Worker, master_vendor, rpc_tls, rpc_workers, tl
 from ..planner.fallback import Fallback
 from ..planner.plan import Plan
 from . import compose
+from .server_args import PRESET_PATH, Routing, render_preset, router_args
 from .compose import HEADER, TLS_DIR, RenderedFile, ServedModel, build_spec, image_name, render_tls_conf
 from .images import host_image
 
@@ -218,10 +219,11 @@ def _worker_docs(cfg: ClusterConfig, w: Worker, source: compose.BuildSource) -> 
     return [service, sts]
 
 
-def _supervisor_docs(cfg: ClusterConfig, supervisor: str, fallback_files: list[RenderedFile]) -> list[dict]:
+def _supervisor_docs(cfg: ClusterConfig, supervisor: str, fallback_files: list[RenderedFile],
+                     preset: str | None = None) -> list[dict]:
     docs = [{"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "hydra-supervisor", "labels": _labels(cfg, "master")},
-             "data": {"supervise.sh": supervisor}}]
+             "data": {"supervise.sh": supervisor, **({"models.ini": preset} if preset else {})}}]
     docs.append({"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": {"name": "hydra-fallback", "labels": _labels(cfg, "master")},
                  "data": {f.path.removeprefix("fallback/"): f.text for f in fallback_files}})
@@ -229,13 +231,17 @@ def _supervisor_docs(cfg: ClusterConfig, supervisor: str, fallback_files: list[R
 
 
 def _master_docs(cfg: ClusterConfig, plan: Plan, args: list[str], source: compose.BuildSource,
-                 config_digest: str) -> list[dict]:
+                 config_digest: str, routing: Routing | None = None) -> list[dict]:
     host = cfg.master_host
     labels = _labels(cfg, "master")
     image = _image(cfg, host, master_vendor(cfg), "server", source)
     env: list[dict] = [{"name": "LLAMA_ARG_LOG_VERBOSITY", "value": "3"},
                        {"name": "HYDRA_FAILOVER_S", "value": str(cfg.master.failover_s)},
                        {"name": "HYDRA_FAILBACK_S", "value": str(cfg.master.failback_s)}]
+    if routing:  # the router's children dial the workers; the supervisor waits for them all
+        endpoints = pod_endpoints(cfg)
+        env.append({"name": "HYDRA_RPC_WORKERS",
+                    "value": ",".join(endpoints.get(e, e) for e in routing.plan.rpc_endpoints)})
     if cfg.master.api_key:
         env.append({"name": "LLAMA_API_KEY",
                     "valueFrom": {"secretKeyRef": {"name": "hydra-api-key", "key": "LLAMA_API_KEY"}}})
@@ -252,7 +258,11 @@ def _master_docs(cfg: ClusterConfig, plan: Plan, args: list[str], source: compos
                          {"name": "supervisor", "mountPath": "/hydra/supervise.sh", "subPath": "supervise.sh",
                           "readOnly": True},
                          {"name": "fallback", "mountPath": "/hydra/fallback", "readOnly": True}]}
-    gpus = [d.slot.device for d in plan.devices if d.slot.kind == "local"]
+    if routing:
+        server["volumeMounts"].append({"name": "supervisor", "mountPath": PRESET_PATH, "subPath": "models.ini",
+                                       "readOnly": True})
+    plans = [m.plan for m in routing.plan.models] if routing else [plan]
+    gpus = list({id(d.slot.device): d.slot.device for p in plans for d in p.devices if d.slot.kind == "local"}.values())
     if gpus:
         server["resources"] = _gpu_limits(gpus)
     volumes: list[dict] = [
@@ -335,7 +345,8 @@ def build_script(cfg: ClusterConfig, source: compose.BuildSource) -> str:
 
 
 def render_kubernetes(cfg: ClusterConfig, plan: Plan, served: ServedModel, fallbacks: list[Fallback],
-                      source: compose.BuildSource, config_name: str, supervisor: str) -> list[RenderedFile]:
+                      source: compose.BuildSource, config_name: str, supervisor: str,
+                      routing: Routing | None = None) -> list[RenderedFile]:
     """k8s/*.yaml, kustomization.yaml, build-images.sh and each TLS host's stunnel.conf (its keys and
     the API key file come from generate: they are secrets, not text rendered from the plan)."""
     ns = namespace(cfg)
@@ -346,15 +357,17 @@ def render_kubernetes(cfg: ClusterConfig, plan: Plan, served: ServedModel, fallb
         raise RenderError(f"two workers would both be named {dupe} on Kubernetes (host names that differ only in "
                           "case, '.' or '_')", "rename one of the hosts in cluster.yaml")
     fallback_files = render_fallbacks_for_pods(cfg, fallbacks, served)
-    args = compose.server_args(cfg, plan, served, bind="0.0.0.0", endpoints=pod_endpoints(cfg))
-    digest = hashlib.sha256("\n".join([supervisor, *(f.path + f.text for f in fallback_files), *args])
+    preset = render_preset(routing, pod_endpoints(cfg)) if routing else None
+    args = (router_args(cfg, routing, bind="0.0.0.0") if routing else
+            compose.server_args(cfg, plan, served, bind="0.0.0.0", endpoints=pod_endpoints(cfg)))
+    digest = hashlib.sha256("\n".join([supervisor, *(f.path + f.text for f in fallback_files), *args, preset or ""])
                             .encode()).hexdigest()[:16]
     files = [RenderedFile(f"{OUT}/namespace.yaml", _dump([{
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"app.kubernetes.io/name": APP}}}],
         config_name))]
-    files.append(RenderedFile(f"{OUT}/supervisor.yaml", _dump(_supervisor_docs(cfg, supervisor, fallback_files),
+    files.append(RenderedFile(f"{OUT}/supervisor.yaml", _dump(_supervisor_docs(cfg, supervisor, fallback_files, preset),
                                                              config_name)))
-    files.append(RenderedFile(f"{OUT}/master.yaml", _dump(_master_docs(cfg, plan, args, source, digest),
+    files.append(RenderedFile(f"{OUT}/master.yaml", _dump(_master_docs(cfg, plan, args, source, digest, routing),
                                                          config_name)))
     resources = ["namespace.yaml", "supervisor.yaml", "master.yaml"]
     for w, name in zip(workers, names):

@@ -139,7 +139,9 @@ def run_once(client: httpx.Client, opts: BenchOptions, stream_id: int = 0) -> Ru
     stamps: list[float] = []
     timings: dict = {}
     usage: dict = {}
-    with client.stream("POST", "/v1/chat/completions", json=body, timeout=deadline.timeout()) as resp:
+    # a stream queued behind busy slots hears nothing until one frees: only --timeout bounds that wait
+    wait = httpx.Timeout(max(0.05, deadline.left()))
+    with client.stream("POST", "/v1/chat/completions", json=body, timeout=wait) as resp:
         if resp.status_code != 200:
             text = error_text(resp, deadline, url)
             hint = ("the cluster's key is sent to its own master only; for another server set HYDRA_API_KEY"

@@ -191,3 +191,10 @@ def compose_services(stack: Stack) -> dict:
     return services
 
 
+def server_services(stack: Stack) -> list[str]:
+    """The master stack's llama-servers (one, or each replica) and the balancer in front of them:
+    what a change of keys or model restarts, what calibrate stops while it borrows the workers."""
+    services = compose_services(stack)
+    out = [n for n, svc in services.items()
+           if ((svc.get("labels") or {}).get("io.hydra-compose.role") in ("master", "balancer"))]
+    return out or ["llama-server"]

@@ -45,6 +45,13 @@ parse_args() {
 }
 full_args=("$@")
 parse_args "$@"
+# Router mode (--models-preset, serve: several models): the router's children dial the workers, each
+# with its section's --rpc; the router itself has none. Generate lists them all in HYDRA_RPC_WORKERS.
+router=0
+if [[ " $* " == *" --models-preset "* ]]; then
+  router=1
+  [ -n "${HYDRA_RPC_WORKERS:-}" ] && IFS=, read -r -a rpc_list <<<"$HYDRA_RPC_WORKERS"
+fi
 full_workers=("${rpc_list[@]}")
 url="http://$host:$port"
 # The API key reaches curl through a 0600 header file, never its argv (ps shows argv to every user).
@@ -90,12 +97,17 @@ tcp_hex() {
   printf '%02X%02X%02X%02X:%04X' "$d" "$c" "$b" "$a" "$port"
 }
 
-# States of llama-server's own sockets to a worker (01 established, 08 close-wait).
+# States of llama-server's own sockets to a worker (01 established, 08 close-wait); in router mode
+# those of the router's children (the loaded models).
 worker_states() {
-  local inodes rem
+  local inodes rem pids=("$child") p
   rem=$(tcp_hex "$1")
   if [ -z "$rem" ]; then echo unknown; return 0; fi  # unresolvable: no CLOSE_WAIT check for it
-  inodes=$(find "/proc/$child/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' | paste -sd'|')
+  if [ "$router" = 1 ]; then  # children by their parent pid (field 4 of /proc/PID/stat)
+    pids+=($(awk -v parent="$child" '$4 == parent { print $1 }' /proc/[0-9]*/stat 2>/dev/null))
+  fi
+  inodes=$(for p in "${pids[@]}"; do find "/proc/$p/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null; done |
+    tr -dc '0-9\n' | paste -sd'|')
   [ -n "$inodes" ] || return 0
   awk -v rem="$rem" -v re="^($inodes)\$" '$3 == rem && $10 ~ re { print $4 }' /proc/net/tcp
 }
@@ -165,12 +177,14 @@ while true; do
     fi
     for w in "${workers[@]}"; do
       states=$(worker_states "$w")
-      if [[ "$states" == *08* ]] || [ -z "$states" ]; then
+      # no socket at all: the worker dropped it (a router's model may just be unloaded)
+      if [[ "$states" == *08* ]] || { [ -z "$states" ] && [ "$router" = 0 ]; }; then
         log "worker $w restarted or dropped its connection: restarting llama-server"
         kill -TERM "$child" 2>/dev/null
         break
       fi
     done
+    [ "$router" = 1 ] && continue  # its /slots is per model: no stall check (and no fallback plans)
     slots=$(curl -fs -m 4 "${auth[@]}" "$url/slots")
     busy=$(grep -o '"is_processing":true' <<<"$slots" | wc -l)
     progress="$busy $(grep -o '"n_decoded":[0-9]*' <<<"$slots" | tr '\n' ' ')"
