@@ -79,6 +79,14 @@ class Project:
     def projector_facts(self, entry: ModelEntry) -> ProjectorFacts | None:
         return read_projector(self.model_file(entry.mmproj)) if entry.mmproj else None
 
+    def model_requests(self, names: list[str], **overrides: object) -> list:
+        """The models of serve: as the router planner takes them (plan's options apply to each)."""
+        from ..planner.plan import PlanOptions
+        from ..planner.router import ModelRequest
+
+        return [ModelRequest(n, self.model_facts(e), PlanOptions.from_entry(e, **overrides), self.projector_facts(e),
+                             self.draft_facts(e)) for n, e in ((n, self.config.models[n]) for n in names)]
+
 
 def _entry_name(stem: str) -> str:
     """A model name (the --alias) from a file name: safe characters only."""

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ..planner.fallback import Fallback, fallback_plans
 from ..planner.plan import Plan, PlanOptions, make_plan
-from ..planner.replicas import ReplicaPlan, expected_streams, plan_replicas
-from ..planner.router import ModelRequest, RouterPlan, plan_router
+from ..planner.replicas import ReplicaPlan, replicas_of
+from ..planner.router import RouterPlan, plan_router
 from ..inventory.topology import rpc_tls, tls_hosts
 from ..render.compose import (HEADER, RenderedFile, ServedModel, build_source, render_compose, render_dockerfiles,
                               render_env, render_fallbacks, render_notes, render_supervisor, render_tls_conf,
@@ -145,13 +145,8 @@ def run(project: Project, model: str | None, out_dir: Path | None, force: bool, 
     facts = project.model_facts(entry)
     opts = PlanOptions.from_entry(entry, **overrides)
     projector, draft = project.projector_facts(entry), project.draft_facts(entry)
-    replicas = None
-    if entry.replicas != 1:
-        replicas = plan_replicas(project.config, facts, opts, entry.replicas, entry.goal,
-                                 expected_streams(opts.parallel, entry.concurrency), projector, draft)
-        plan = replicas.plans[0]
-    else:
-        plan = make_plan(project.config, facts, opts, projector, draft)
+    replicas = replicas_of(project.config, entry, facts, opts, projector, draft)
+    plan = replicas.plans[0] if replicas else make_plan(project.config, facts, opts, projector, draft)
     several = replicas is not None and replicas.chosen.replicas > 1
     if several and project.config.cluster.target == "kubernetes":
         raise ConfigError("replicas are written for the compose target only",
@@ -169,21 +164,11 @@ def run(project: Project, model: str | None, out_dir: Path | None, force: bool, 
                           replicas=replicas)
 
 
-def model_requests(project: Project, names: list[str], **overrides: object) -> list[ModelRequest]:
-    """The models of serve: as the router planner takes them (--ctx etc. apply to each)."""
-    out = []
-    for name in names:
-        entry = project.config.models[name]
-        out.append(ModelRequest(name, project.model_facts(entry), PlanOptions.from_entry(entry, **overrides),
-                                project.projector_facts(entry), project.draft_facts(entry)))
-    return out
-
-
 def _run_router(project: Project, out_dir: Path | None, force: bool, rotate_certs: bool,
                 **overrides: object) -> GenerateResult:
     cfg = project.config
     names = cfg.served_models
-    router = plan_router(cfg, model_requests(project, names, **overrides))
+    router = plan_router(cfg, project.model_requests(names, **overrides))
     routing = Routing(router, tuple(ServedModel.of(n, cfg.models[n]) for n in names))
     first = router.models[0]
     out = out_dir or project.root

@@ -4,7 +4,7 @@ from ..planner.compare import Candidate, why_chosen
 from ..planner.compare import compare as compare_plans
 from ..planner.fallback import Fallback, fallback_plans
 from ..planner.plan import Plan, PlanOptions, make_plan
-from ..planner.replicas import ReplicaPlan, expected_streams, plan_replicas
+from ..planner.replicas import ReplicaPlan, replicas_of
 from ..planner.router import RouterPlan, plan_router
 from .context import Project
 
@@ -24,10 +24,8 @@ def run_replicas(project: Project, model: str | None, **overrides: object) -> Re
     name, entry = project.model_entry(model)
     if entry.replicas == 1:
         return None
-    opts = PlanOptions.from_entry(entry, **overrides)
-    return plan_replicas(project.config, project.model_facts(entry), opts, entry.replicas, entry.goal,
-                         expected_streams(opts.parallel, entry.concurrency), project.projector_facts(entry),
-                         project.draft_facts(entry))
+    return replicas_of(project.config, entry, project.model_facts(entry), PlanOptions.from_entry(entry, **overrides),
+                       project.projector_facts(entry), project.draft_facts(entry))
 
 
 def replicas_json(rp: ReplicaPlan) -> dict:
@@ -40,9 +38,7 @@ def replicas_json(rp: ReplicaPlan) -> dict:
 
 def run_router(project: Project, **overrides: object) -> RouterPlan:
     """serve: several models: each model's plan, and whether they stay loaded together."""
-    from .generate import model_requests
-
-    return plan_router(project.config, model_requests(project, project.config.served_models, **overrides))
+    return plan_router(project.config, project.model_requests(project.config.served_models, **overrides))
 
 
 def router_json(router: RouterPlan) -> dict:

@@ -189,10 +189,9 @@ def running_plan(project: Project, command: list[str], mode: str | None, warning
         if entry.replicas != 1:  # the first replica's command; the devices of every replica
             from dataclasses import replace
 
-            from ..planner.replicas import expected_streams, plan_replicas, replica_port
+            from ..planner.replicas import replica_port, replicas_of
 
-            replicas = plan_replicas(project.config, project.model_facts(entry), opts, entry.replicas, entry.goal,
-                                     expected_streams(opts.parallel, entry.concurrency), *extras).plans
+            replicas = replicas_of(project.config, entry, project.model_facts(entry), opts, *extras).plans
             first = server_args(project.config, replicas[0], ServedModel.of(name, entry),
                                 *(("127.0.0.1", None, replica_port(project.config, 0)) if len(replicas) > 1 else ()))
             if first == written:
@@ -216,14 +215,13 @@ def _router_plan(project: Project, command: list[str], models: tuple[tuple[str, 
     from dataclasses import replace
 
     from ..errors import HydraError
-    from ..planner.router import plan_router
     from ..render.server_args import Routing, ServedModel, router_args
-    from .generate import model_requests
+    from .plan import run_router
 
     cfg = project.config
     try:
         names = cfg.served_models
-        router = plan_router(cfg, model_requests(project, names))
+        router = run_router(project)
         routing = Routing(router, tuple(ServedModel.of(n, cfg.models[n]) for n in names))
         if router_args(cfg, routing) != command:
             warnings.append(STALE_PLAN)

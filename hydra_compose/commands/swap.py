@@ -54,12 +54,11 @@ def run(project: Project, model: str, report: Callable[[str], None]) -> SwapResu
 
 
 def _load_on_router(project: Project, model: str, report: Callable[[str], None]) -> tuple[float, tuple[int, ...]]:
-    from ..planner.router import plan_router
     from .bench import master_api_key
+    from .plan import run_router
 
     cfg = project.config
-    plan = next(m.plan for m in plan_router(cfg, generate.model_requests(project, cfg.served_models)).models
-                if m.name == model)
+    plan = next(m.plan for m in run_router(project).models if m.name == model)
     url = master_url(cfg)
     report(f"{url}: asking the router to load {model}")
     start = time.monotonic()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PlanError
-from ..inventory.config import ClusterConfig
+from ..inventory.config import ClusterConfig, ModelEntry
 from ..inventory.topology import Worker, local_gpus, rpc_workers
 from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts
 from .plan import Plan, PlanOptions, make_plan
@@ -129,6 +129,12 @@ def replica_port(cfg: ClusterConfig, index: int) -> int:
     return cfg.master.port + 1 + index
 
 
-def expected_streams(parallel: int, concurrency: int | None) -> int:
-    return max(1, concurrency if concurrency is not None else parallel)
+def replicas_of(cfg: ClusterConfig, entry: ModelEntry, model: ModelFacts, opts: PlanOptions,
+                projector: ProjectorFacts | None = None, draft: ModelFacts | None = None) -> ReplicaPlan | None:
+    """The model's replicas: setting from cluster.yaml planned (None for replicas: 1); concurrency
+    defaults to the model's slots."""
+    if entry.replicas == 1:
+        return None
+    streams = entry.concurrency if entry.concurrency is not None else opts.parallel
+    return plan_replicas(cfg, model, opts, entry.replicas, entry.goal, max(1, streams), projector, draft)
 

@@ -26,7 +26,7 @@ from . import images, monitoring
 from .common import HEADER, RenderedFile
 from .balancer import balancer_service, replica_service
 from .images import dockerfile_name, host_image
-from .server_args import PRESET_PATH, Routing, ServedModel, router_args, server_args  # noqa: F401 - re-exported
+from .server_args import PRESET_PATH, Routing, master_gpus, ServedModel, router_args, server_args  # noqa: F401 - re-exported
 
 MAX_TAG = 128
 
@@ -140,7 +140,7 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
                  # the supervisor restarts llama-server when a worker restarts (it never reconnects)
                  "entrypoint": ["/bin/bash", "/hydra/supervise.sh"], "command": command}
     plans = [m.plan for m in routing.plan.models] if routing else [plan]
-    gpus = list({id(d.slot.device): d.slot.device for p in plans for d in p.devices if d.slot.kind == "local"}.values())
+    gpus = master_gpus(plans)
     if gpus:
         svc.update(vendors.get(vendor).gpu_access(host, gpus))
     environment: dict = {"LLAMA_ARG_LOG_VERBOSITY": Interpolated("${LLAMA_ARG_LOG_VERBOSITY:-3}")}

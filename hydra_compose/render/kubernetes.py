@@ -33,7 +33,7 @@ from ..inventory.topology import Worker, master_vendor, rpc_tls, rpc_workers, tl
 from ..planner.fallback import Fallback
 from ..planner.plan import Plan
 from . import compose
-from .server_args import PRESET_PATH, Routing, render_preset, router_args
+from .server_args import PRESET_PATH, Routing, master_gpus, render_preset, router_args
 from .compose import HEADER, TLS_DIR, RenderedFile, ServedModel, build_spec, image_name, render_tls_conf
 from .images import host_image
 
@@ -262,7 +262,7 @@ def _master_docs(cfg: ClusterConfig, plan: Plan, args: list[str], source: compos
         server["volumeMounts"].append({"name": "supervisor", "mountPath": PRESET_PATH, "subPath": "models.ini",
                                        "readOnly": True})
     plans = [m.plan for m in routing.plan.models] if routing else [plan]
-    gpus = list({id(d.slot.device): d.slot.device for p in plans for d in p.devices if d.slot.kind == "local"}.values())
+    gpus = master_gpus(plans)
     if gpus:
         server["resources"] = _gpu_limits(gpus)
     volumes: list[dict] = [

@@ -65,6 +65,12 @@ class Routing:
     served: tuple[ServedModel, ...]
 
 
+def master_gpus(plans: list[Plan]) -> list:
+    """The master's own GPUs any of these plans uses (each once): what its container is handed."""
+    found = {id(d.slot.device): d.slot.device for p in plans for d in p.devices if d.slot.kind == "local"}
+    return list(found.values())
+
+
 PRESET_PATH = "/hydra/models.ini"  # where the master container sees the preset
 # an INI value ends at ';' or '#' (a comment) and at the line's end; keys are llama-server's
 # argument names without their dashes
