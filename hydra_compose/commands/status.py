@@ -172,7 +172,7 @@ def running_plan(project: Project, command: list[str], mode: str | None, warning
                  models: tuple[tuple[str, str], ...] | None = None):  # noqa: ANN201
     """The plan llama-server runs, recomputed from cluster.yaml and the model's header, when its
     arguments are exactly what the compose file says (else None: a fallback serves, or generate ran
-    with other options than cluster.yaml's). A router: its loaded models' devices together."""
+    with other options than cluster.yaml's). Replicas: each replica's plan; a router: its loaded models'."""
     from ..errors import HydraError
     from ..planner.plan import PlanOptions, make_plan
     from ..render.compose import ServedModel, server_args
@@ -187,15 +187,13 @@ def running_plan(project: Project, command: list[str], mode: str | None, warning
         extras = (project.projector_facts(entry), project.draft_facts(entry))
         written = [a.replace("$$", "$") for a in command]  # compose's escaping of '$'
         if entry.replicas != 1:  # the first replica's command; the devices of every replica
-            from dataclasses import replace
-
             from ..planner.replicas import replica_port, replicas_of
 
-            replicas = replicas_of(project.config, entry, project.model_facts(entry), opts, *extras).plans
+            replicas = list(replicas_of(project.config, entry, project.model_facts(entry), opts, *extras).plans)
             first = server_args(project.config, replicas[0], ServedModel.of(name, entry),
                                 *(("127.0.0.1", None, replica_port(project.config, 0)) if len(replicas) > 1 else ()))
             if first == written:
-                return replace(replicas[0], devices=tuple(d for p in replicas for d in p.devices))
+                return replicas
         else:
             plan = make_plan(project.config, project.model_facts(entry), opts, *extras)
             if server_args(project.config, plan, ServedModel.of(name, entry)) == written:
@@ -212,8 +210,6 @@ STALE_PLAN = ("planned MiB per device not shown: the master runs other arguments
 
 def _router_plan(project: Project, command: list[str], models: tuple[tuple[str, str], ...],
                  warnings: list[str]):  # noqa: ANN202
-    from dataclasses import replace
-
     from ..errors import HydraError
     from ..render.server_args import Routing, ServedModel, router_args
     from .plan import run_router
@@ -230,10 +226,7 @@ def _router_plan(project: Project, command: list[str], models: tuple[tuple[str, 
         warnings.append(STALE_PLAN)
         return None
     loaded = {name for name, state in models if state == "loaded"}
-    plans = [m.plan for m in router.models if m.name in loaded]
-    if not plans:
-        return None
-    return replace(plans[0], devices=tuple(d for p in plans for d in p.devices))
+    return [m.plan for m in router.models if m.name in loaded]
 
 
 def _models(payload: object) -> tuple[tuple[str, str], ...] | None:

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 from ..errors import PlanError
 from ..inventory.config import ClusterConfig, ModelEntry
-from ..inventory.topology import Worker, local_gpus, rpc_workers
+from ..inventory.topology import Worker, local_gpus, rpc_workers, with_devices
 from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts
 from .plan import Plan, PlanOptions, make_plan
-from .speed import device_speed
-from .subset import plan_on, subset_config
+from .subset import plan_on, workers_fastest_first
 
 # A decode step for b streams at once costs (1 + BATCH_COST * (b - 1)) single steps: GPUs stream
 # the weights once for the whole batch (memory-bound: a table figure, not measured here); CPUs pay for
@@ -66,7 +65,7 @@ def _choice(plans: list[Plan], concurrency: int) -> ReplicaChoice:
 
 def _groups(cfg: ClusterConfig, k: int) -> list[list[Worker]]:
     """k groups of workers, as equal in speed as dealing them out fastest first (snake order) makes them."""
-    workers = sorted(rpc_workers(cfg), key=lambda w: -sum(device_speed(d).dense_gbs for d in w.devices))
+    workers = workers_fastest_first(cfg)
     groups: list[list[Worker]] = [[] for _ in range(k)]
     for i, w in enumerate(workers):
         lap, pos = divmod(i, k)
@@ -79,8 +78,8 @@ def _on_groups(cfg: ClusterConfig, k: int, model: ModelFacts, opts: PlanOptions,
     plans = []
     for group in _groups(cfg, k):
         owned = {id(d) for w in group for d in w.devices}
-        sub = subset_config(cfg, lambda d, owned=owned: id(d) in owned)
-        if sub is None or not group:
+        sub = with_devices(cfg, lambda d, owned=owned: id(d) in owned)
+        if not group:
             return f"{k} groups: not enough workers"
         try:
             plans.append(plan_on(cfg, sub, model, opts, projector, draft))

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 from ..errors import PlanError
 from ..inventory.config import ClusterConfig
-from ..inventory.topology import Worker, local_gpus, rpc_workers
+from ..inventory.topology import local_gpus, with_devices
 from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts
 from .plan import Plan, PlanOptions, make_plan
-from .speed import device_speed
-from .subset import plan_on, subset_config
+from .subset import plan_on, workers_fastest_first
 
 # When cluster.yaml leaves a model's context open, a model gets devices of its own only where it
 # keeps at least this many tokens per slot (or its training context): a model squeezed onto one
@@ -68,11 +67,6 @@ class RouterPlan:
         return sum(totals[:self.models_max])
 
 
-def _units(cfg: ClusterConfig) -> list[Worker]:
-    """What a model may own: a ggml-rpc-server (all its devices); fastest first."""
-    return sorted(rpc_workers(cfg), key=lambda w: -sum(device_speed(d).dense_gbs for d in w.devices))
-
-
 def _enough_context(req: ModelRequest, plan: Plan) -> bool:
     if req.options.ctx is not None:
         return True
@@ -84,15 +78,13 @@ def _own_devices(cfg: ClusterConfig, requests: list[ModelRequest]) -> tuple[dict
     None (and why) when some model is left without."""
     if local_gpus(cfg):
         return None, "the master's own GPUs serve one model at a time"
-    free = _units(cfg)
+    free = workers_fastest_first(cfg)  # what a model may own: a ggml-rpc-server, all its devices
     plans: dict[str, Plan] = {}
     for req in sorted(requests, key=lambda r: -(sum(r.facts.layer_bytes) + r.facts.output_bytes)):
         found = None
         for k in range(1, len(free) + 1):
             owned = {id(d) for w in free[:k] for d in w.devices}
-            sub = subset_config(cfg, lambda d, owned=owned: id(d) in owned)
-            if sub is None:
-                continue
+            sub = with_devices(cfg, lambda d, owned=owned: id(d) in owned)
             try:
                 plan = plan_on(cfg, sub, req.facts, req.options, req.projector, req.draft)
             except PlanError:

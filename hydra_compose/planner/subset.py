@@ -1,25 +1,20 @@
-"""Plans on part of the cluster (fallback plans without a lost host, router models on their own
-devices), with every device named and dialled as the whole cluster names it."""
+"""Plans on part of the cluster (fallback plans without a lost host, router models on workers of
+their own, replicas' worker groups), with every device named and dialled as the whole cluster names it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
-from ..inventory.config import ClusterConfig, Device
-from ..inventory.topology import local_gpus, rpc_workers, with_devices
+from ..inventory.config import ClusterConfig
+from ..inventory.topology import Worker, rpc_workers
 from ..modelfacts.gguf_facts import ModelFacts, ProjectorFacts
 from .plan import Plan, PlanOptions, make_plan
+from .speed import device_speed
 
 
-def subset_config(cfg: ClusterConfig, keep: Callable[[Device], bool]) -> ClusterConfig | None:
-    """cfg with only the kept devices; None when that would turn one of the master host's RPC
-    devices into a local one (its image serves only the master's vendor)."""
-    sub = with_devices(cfg, keep)
-    local = {id(d) for d in local_gpus(cfg)}
-    if any(id(d) not in local for d in local_gpus(sub)):
-        return None
-    return sub
+def workers_fastest_first(cfg: ClusterConfig) -> list[Worker]:
+    """The cluster's ggml-rpc-servers by the decode rate of their devices, fastest first (stable)."""
+    return sorted(rpc_workers(cfg), key=lambda w: -sum(device_speed(d).dense_gbs for d in w.devices))
 
 
 def named_as_in(cfg: ClusterConfig, plan: Plan) -> Plan:
@@ -48,5 +43,5 @@ def named_as_in(cfg: ClusterConfig, plan: Plan) -> Plan:
 
 def plan_on(cfg: ClusterConfig, sub: ClusterConfig, model: ModelFacts, opts: PlanOptions,
             projector: ProjectorFacts | None = None, draft: ModelFacts | None = None) -> Plan:
-    """The plan on sub (a subset_config of cfg), named as in cfg. Raises PlanError when nothing fits."""
+    """The plan on sub (topology.with_devices of cfg), named as in cfg. Raises PlanError when nothing fits."""
     return named_as_in(cfg, make_plan(sub, model, opts, projector, draft))

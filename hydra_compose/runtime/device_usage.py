@@ -40,11 +40,13 @@ def _label(d: Device) -> str:
     return d.name or f"{d.vendor}{'' if d.index is None else d.index}"
 
 
-def _planned(plan: Plan | None) -> dict[int, float]:
-    """id(config Device) -> planned MiB on it."""
-    if plan is None:
+def _planned(plans: Plan | list[Plan] | None) -> dict[int, float]:
+    """id(config Device) -> planned MiB on it: one plan, or several on disjoint devices (replicas, a
+    router's loaded models)."""
+    if plans is None:
         return {}
-    return {id(d.slot.device): d.total_bytes / MiB for d in plan.devices}
+    return {id(d.slot.device): d.total_bytes / MiB
+            for p in (plans if isinstance(plans, list) else [plans]) for d in p.devices}
 
 
 def _holders(cfg: ClusterConfig) -> list[tuple[str, str, list[Device]]]:
@@ -66,7 +68,7 @@ def _probe(stack: Stack, service: str, devices: list[Device]) -> list:
     return record.parse_usage(text[:MAX_PROBE_OUTPUT], devices)
 
 
-def device_rows(cfg: ClusterConfig, plan: Plan | None, stacks: dict[str, Stack],
+def device_rows(cfg: ClusterConfig, plan: Plan | list[Plan] | None, stacks: dict[str, Stack],
                 running: dict[str, dict]) -> tuple[list[DeviceStatus], list[str]]:
     planned = _planned(plan)
     jobs = [(host, service, devices) for host, service, devices in _holders(cfg)
