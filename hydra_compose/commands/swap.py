@@ -35,7 +35,7 @@ def run(project: Project, model: str, report: Callable[[str], None]) -> SwapResu
         raise ConfigError(f"model {model!r} is not one the router serves ({', '.join(served)})",
                           "add it to serve: in cluster.yaml and run generate")
     before = {s.host.name: containers(s) for s in stacks(project)}
-    if project.config.served_models:
+    if served:
         took, split = _load_on_router(project, model, report)
     else:
         result = generate.run(project, model, None, force=False)
@@ -68,15 +68,15 @@ def _load_on_router(project: Project, model: str, report: Callable[[str], None])
                 r = client.post("/models/load", json={"model": model}, timeout=30)
                 if r.status_code != 200:
                     raise ClusterError(f"{url}/models/load answered HTTP {r.status_code}",
-                                     "check `hydra-compose status` and the master's log (hydra-compose logs)")
+                                       "check `hydra-compose status` and the master's log (hydra-compose logs)")
             while (state := _state(client, model)) != "loaded":
                 if time.monotonic() - start > LOAD_TIMEOUT_S or state in ("failed", "unknown"):
                     raise ClusterError(f"{model} did not load on {url} (state {state})",
-                                     "see the master's log: hydra-compose logs")
+                                       "see the master's log: hydra-compose logs")
                 time.sleep(0.2)
     except httpx.HTTPError as exc:
         raise ClusterError(f"cannot reach the router at {url}: {type(exc).__name__}",
-                         "start the cluster (hydra-compose up) or check master.host") from None
+                           "start the cluster (hydra-compose up) or check master.host") from None
     return time.monotonic() - start, tuple(plan.tensor_split)
 
 

@@ -61,7 +61,7 @@ def render_haproxy(cfg: ClusterConfig, replicas: int) -> str:
     ])
 
 
-def balancer_service(cfg: ClusterConfig, host: Host, image: str, build: dict, replicas: int) -> dict:
+def balancer_service(cfg: ClusterConfig, host: Host, image: str, build: dict) -> dict:
     return {
         "image": image, "build": build,
         "network_mode": "host",

@@ -164,7 +164,8 @@ def _master_service(cfg: ClusterConfig, plan: Plan, host: Host, local_workers: l
         "healthcheck": {"test": ["CMD", "bash", "-c", 'curl -fsS -- "$1" && ! test -e /tmp/hydra-stalled',
                                  "healthcheck", health],
                         "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "300s"},
-        "labels": {**_labels("master", host), **({} if replica is None else {"io.hydra-compose.replica": str(replica + 1)})},
+        "labels": {**_labels("master", host),
+                   **({} if replica is None else {"io.hydra-compose.replica": str(replica + 1)})},
     })
     needs = [w.service for w in local_workers] + (["rpc-tls"] if tls_sections(cfg, host) else [])
     if needs:
@@ -258,7 +259,7 @@ def render_compose(cfg: ClusterConfig, plan: Plan, served: ServedModel, host: Ho
                                                            replica=i)
         spec = host_image(host, master_vendor(cfg))
         services["balancer"] = balancer_service(cfg, host, image_name(spec, "balancer", source),
-                                                build_spec(spec, "balancer", source, cfg), len(replicas))
+                                                build_spec(spec, "balancer", source, cfg))
     elif host.name == cfg.master.host:
         services["llama-server"] = _master_service(cfg, plan, host, workers, source, models_rel, served, fallbacks,
                                                    routing)
