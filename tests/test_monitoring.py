@@ -145,3 +145,32 @@ def test_prometheus_scrapes_the_cluster_and_the_dashboard_queries_parse(tmp_path
             proc.terminate()
             proc.wait(20)
             log.close()
+
+
+@pytest.mark.parametrize("name", ["router-lab", "replicas-lab"])
+def test_llama_server_targets_behind_the_router_and_the_balancer(tmp_path, name):
+    """The router's /metrics answers per model (?model=, from the __param_model label); replicas are
+    scraped each on the master's loopback rather than whichever one the balancer picks."""
+    prometheus_bin()  # promtool is part of the same package
+    proj = example_project(tmp_path, name)
+    cfg = yaml.safe_load((proj / "cluster.yaml").read_text())
+    cfg["monitoring"] = True
+    (proj / "cluster.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = run_cli("generate", cwd=proj)
+    assert r.returncode == 0, r.stderr
+    master = cfg["master"]["host"]
+    config = proj / "compose" / master / "monitoring" / "prometheus.yml"
+    job = next(j for j in yaml.safe_load(config.read_text())["scrape_configs"] if j["job_name"] == "llama-server")
+    targets = [(t["targets"], t["labels"]) for t in job["static_configs"]]
+    if name == "router-lab":
+        assert [lab["__param_model"] for _, lab in targets] == ["mistral-7b", "qwen3-8b", "llama3-8b"]
+        assert all(t == ["10.0.5.1:8080"] for t, _ in targets)
+    else:
+        assert targets == [(["127.0.0.1:8081"], {"host": "gateway", "replica": "1"}),
+                           (["127.0.0.1:8082"], {"host": "gateway", "replica": "2"})]
+    text = config.read_text().replace(f"/run/secrets/{KEY_SECRET}", str(tmp_path / "secret"))
+    (tmp_path / "secret").write_text("k")
+    (tmp_path / "prometheus.yml").write_text(text)
+    check = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and "SUCCESS" in check.stdout + check.stderr, check.stdout + check.stderr

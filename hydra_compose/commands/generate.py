@@ -103,7 +103,7 @@ def render_all(project: Project, out_dir: Path, served: ServedModel, plan: Plan,
                                   mode=0o600))
         if tls_sections(cfg, host):
             files.append(RenderedFile(f"compose/{host.name}/tls/stunnel.conf", render_tls_conf(cfg, host)))
-    files += render_monitoring(cfg, plan)
+    files += render_monitoring(cfg, plan, max(1, len(replicas)))
     tunnelled = tls_hosts(cfg) if rpc_tls(cfg) else []
     if tunnelled:
         files += cluster_certificates(out_dir, cfg.cluster.name, [cfg.master_host, *tunnelled], rotate_certs)

@@ -18,6 +18,7 @@ import yaml
 from ..inventory.config import ClusterConfig, Host
 from ..inventory.topology import master_bind, master_url, rpc_workers
 from ..planner.plan import Plan
+from ..planner.replicas import replica_port
 from ..vendors.base import Interpolated
 from .common import HEADER, RenderedFile
 
@@ -111,11 +112,24 @@ def compose_extras(cfg: ClusterConfig, host: Host) -> tuple[dict, dict]:
     return {"prometheus-data": {}, "grafana-data": {}}, secrets
 
 
-def prometheus_config(cfg: ClusterConfig) -> str:
-    master = cfg.master_host
+def _llama_targets(cfg: ClusterConfig, replicas: int) -> list[dict]:
+    """llama-server's /metrics: the master; behind the router one target per model (its /metrics
+    wants ?model=, set from the __param_model label); with replicas each replica on the master's
+    loopback (Prometheus runs in the master host's network), not the balancer's pick."""
+    host = cfg.master_host.name
+    address = master_url(cfg).split("://", 1)[1]
+    if cfg.served_models:
+        return [{"targets": [address], "labels": {"host": host, "model": n, "__param_model": n}}
+                for n in cfg.served_models]
+    if replicas > 1:
+        return [{"targets": [f"127.0.0.1:{replica_port(cfg, i)}"], "labels": {"host": host, "replica": str(i + 1)}}
+                for i in range(replicas)]
+    return [{"targets": [address], "labels": {"host": host}}]
+
+
+def prometheus_config(cfg: ClusterConfig, replicas: int = 1) -> str:
     llama: dict = {"job_name": "llama-server", "metrics_path": "/metrics",
-                   "static_configs": [{"targets": [master_url(cfg).split("://", 1)[1]],
-                                       "labels": {"host": master.name}}]}
+                   "static_configs": _llama_targets(cfg, replicas)}
     if cfg.master.api_key:
         llama["authorization"] = {"type": "Bearer", "credentials_file": f"/run/secrets/{KEY_SECRET}"}
     jobs = [llama]
@@ -185,7 +199,7 @@ def dashboard(cfg: ClusterConfig, plan: Plan) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-def render_monitoring(cfg: ClusterConfig, plan: Plan) -> list[RenderedFile]:
+def render_monitoring(cfg: ClusterConfig, plan: Plan, replicas: int = 1) -> list[RenderedFile]:
     """compose/<master>/monitoring/: Prometheus' configuration and Grafana's provisioning and dashboard."""
     if not cfg.monitoring:
         return []
@@ -196,7 +210,7 @@ def render_monitoring(cfg: ClusterConfig, plan: Plan) -> list[RenderedFile]:
                                                     "access": "proxy", "url": url, "isDefault": True}]}
     provider = {"apiVersion": 1, "providers": [{"name": "hydra-compose", "type": "file", "disableDeletion": True,
                                                 "options": {"path": "/var/lib/grafana/dashboards"}}]}
-    return [RenderedFile(f"{base}/prometheus.yml", prometheus_config(cfg)),
+    return [RenderedFile(f"{base}/prometheus.yml", prometheus_config(cfg, replicas)),
             RenderedFile(f"{base}/grafana/provisioning/datasources/prometheus.yml",
                          header + yaml.safe_dump(datasource, sort_keys=False)),
             RenderedFile(f"{base}/grafana/provisioning/dashboards/hydra-compose.yml",
