@@ -110,7 +110,10 @@ class NativeCluster:
                 "devices": [{"vendor": "cpu", "memory_gb": 8, "threads": w.spec.threads, "rpc_port": port,
                              "measured": {"decode_gbs": fit.decode_gbs, "expert_gbs": fit.expert_gbs,
                                           "date": today, "ref": "b11434"}}]})
-        return ClusterConfig.model_validate({"master": {"host": "master", "cache_ram_gb": 0}, "hosts": [
+        # plain RPC: these workers are dialled directly (a namespace's address is not loopback, and
+        # rpc_tls would otherwise be on by default and dial tunnels nobody runs here)
+        return ClusterConfig.model_validate({"cluster": {"rpc_tls": False},
+                                             "master": {"host": "master", "cache_ram_gb": 0}, "hosts": [
             {"name": "master", "address": "127.0.0.1", "devices": []}, *hosts]})
 
     def tg(self, model: Path, rpc: list[str], split: list[int], runs: int = 3, extra: list[str] = ()) -> float:
