@@ -229,7 +229,7 @@ def _router_plan(project: Project, command: list[str], models: tuple[tuple[str, 
     return [m.plan for m in router.models if m.name in loaded]
 
 
-def _models(payload: object) -> tuple[tuple[str, str], ...] | None:
+def router_models(payload: object) -> tuple[tuple[str, str], ...] | None:
     """A router's /models: (id, status) of each model (None from a plain llama-server, which has no status)."""
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):
@@ -271,7 +271,7 @@ def master_answers(url: str, headers: dict) -> dict:
             if not out["healthy"]:
                 return out
             out["model"] = _json_or_none(client, "/v1/models", model_id)
-            out["models"] = _json_or_none(client, "/models", _models)
+            out["models"] = _json_or_none(client, "/models", router_models)
             slots = _json_or_none(client, "/slots", lambda x: x if isinstance(x, list) else None)
             if slots is not None:
                 out["slots"] = len(slots)

@@ -17,6 +17,7 @@ from ..runtime.http import get, parse_json
 from ..runtime.stacks import containers, server_services, stacks
 from . import generate
 from .context import Project
+from .status import router_models
 
 LOAD_TIMEOUT_S = 900
 
@@ -84,8 +85,4 @@ def _state(client: httpx.Client, model: str) -> str:
     status, body = get(client, "/models", 10)
     if status != 200:
         return "unknown"
-    data = parse_json(body, "/models")
-    for m in data.get("data", []) if isinstance(data, dict) else []:
-        if isinstance(m, dict) and m.get("id") == model and isinstance(m.get("status"), dict):
-            return str(m["status"].get("value", "unknown"))[:20]
-    return "unknown"
+    return dict(router_models(parse_json(body, "/models")) or ()).get(model, "unknown")
