@@ -77,10 +77,10 @@ def _on_groups(cfg: ClusterConfig, k: int, model: ModelFacts, opts: PlanOptions,
                projector: ProjectorFacts | None, draft: ModelFacts | None) -> list[Plan] | str:
     plans = []
     for group in _groups(cfg, k):
-        owned = {id(d) for w in group for d in w.devices}
-        sub = with_devices(cfg, lambda d, owned=owned: id(d) in owned)
         if not group:
             return f"{k} groups: not enough workers"
+        owned = {id(d) for w in group for d in w.devices}
+        sub = with_devices(cfg, lambda d, owned=owned: id(d) in owned)
         try:
             plans.append(plan_on(cfg, sub, model, opts, projector, draft))
         except PlanError as exc:

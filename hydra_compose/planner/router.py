@@ -105,12 +105,12 @@ def plan_router(cfg: ClusterConfig, requests: list[ModelRequest]) -> RouterPlan:
     plans, why = _own_devices(cfg, requests)
     resident = plans is not None
     if plans is not None:
-        host = RouterPlan(tuple(RoutedModel(r.name, plans[r.name]) for r in requests), True)
-        budget = next((m.plan.host.budget_bytes for m in host.models if m.plan.host), None)
-        if budget is not None and host.host_bytes() > budget:
+        apart = RouterPlan(tuple(RoutedModel(r.name, plans[r.name]) for r in requests), True)
+        budget = next((m.plan.host.budget_bytes for m in apart.models if m.plan.host), None)
+        if budget is not None and apart.host_bytes() > budget:
             resident, why = False, "the models' host memory together exceeds the master's RAM"
         else:
-            return host
+            return apart
     whole = {}
     for r in requests:
         try:
